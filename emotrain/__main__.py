@@ -1,0 +1,49 @@
+"""`python -m emotrain [group=option ...] [key=value ...]`: the Hydra entry point (console script `emotrain`)."""
+
+from __future__ import annotations
+
+import logging
+import sys
+from pathlib import Path
+
+import hydra
+from hydra.core.hydra_config import HydraConfig
+from hydra.types import RunMode
+from omegaconf import DictConfig
+
+import emotrain.config  # noqa: F401  (registers the structured-config schemas)
+from emotrain.errors import EmotrainError
+from emotrain.io import write_json
+
+log = logging.getLogger("emotrain")
+
+CONFIG_DIR = str(Path(__file__).resolve().parent.parent / "conf")
+
+
+@hydra.main(version_base="1.3", config_path=CONFIG_DIR, config_name="train")
+def main(cfg: DictConfig) -> float | None:
+    from emotrain.train import run  # heavy imports after Hydra has parsed the command line
+
+    hc = HydraConfig.get()
+    overrides = list(hc.overrides.task)
+    out_dir = Path(hc.runtime.output_dir)
+    try:
+        results = run(cfg, overrides=overrides)
+    except EmotrainError as e:
+        write_json(out_dir / "status.json", {"status": "failed", "error": str(e), "overrides": overrides})
+        log.error("%s", e)
+        if hc.mode == RunMode.MULTIRUN:
+            raise  # Hydra runs the remaining jobs, then reports the failure
+        print(f"emotrain: error: {e}", file=sys.stderr)
+        sys.exit(2)
+    except KeyboardInterrupt:
+        write_json(out_dir / "status.json", {"status": "interrupted", "overrides": overrides})
+        raise
+    except Exception as e:
+        write_json(out_dir / "status.json", {"status": "failed", "error": f"{type(e).__name__}: {e}", "overrides": overrides})
+        raise
+    return results["objective"]["value"]
+
+
+if __name__ == "__main__":
+    main()

