@@ -148,6 +148,15 @@ def _checkpoint_name(prefix: str, stamp: str, epoch: int, val_loss) -> str:
 # --------------------------------------------------------------------------- save / load
 
 
+def _encoder_config(config) -> dict | None:
+    """The Hugging Face config as save_pretrained would write it (JSON-safe), or None."""
+    if hasattr(config, "to_json_string"):
+        return json.loads(config.to_json_string(use_diff=False))
+    if hasattr(config, "to_dict"):
+        return _plain(config.to_dict())
+    return None
+
+
 def _build_checkpoint(model, optimizer, scheduler, epoch, val_loss, val_metrics, hyperparameters, *, global_step, scaler_state, tasks, extra, monitor, now):
     bare = _unwrap(model)
     if tasks is None:
@@ -167,7 +176,7 @@ def _build_checkpoint(model, optimizer, scheduler, epoch, val_loss, val_metrics,
         "val_metrics": _plain(dict(val_metrics or {})),
         "hyperparameters": _plain(hyperparameters if hyperparameters is not None else {}),
         "tasks": [_plain(t) for t in tasks],
-        "encoder_config": _plain(encoder_cfg.to_dict()) if hasattr(encoder_cfg, "to_dict") else None,
+        "encoder_config": _encoder_config(encoder_cfg),
         "model_info": {
             "class": type(bare).__name__,
             "encoder_class": type(getattr(bare, "encoder", None)).__name__ if hasattr(bare, "encoder") else None,
@@ -225,11 +234,11 @@ def _read_checkpoint(path: Path, map_location) -> dict:
             ckpt = torch.load(path, map_location=map_location, weights_only=True)
     except pickle.UnpicklingError:
         raise CheckpointError(
-            f"{path}: refused - unpickling it needs arbitrary Python objects (weights_only=True), so it is not an emotrain "
-            "checkpoint; only if you trust its source, load it yourself and re-save with emotrain.checkpointing.save_checkpoint"
+            f"{path}: refused by the safe loader (weights_only=True): it needs Python objects beyond tensors and plain types, "
+            "so it is not an emotrain checkpoint; only if you trust its source, load it yourself and re-save with emotrain.checkpointing.save_checkpoint"
         ) from None
     except Exception as e:  # truncated zip, text file, foreign zip, ...
-        reason = _one_line(e)[:160] or type(e).__name__
+        reason = _one_line(e).split(". ")[0][:120] or "-"
         raise CheckpointError(
             f"{path}: not a readable checkpoint (truncated, corrupt or not a torch file: {type(e).__name__}: {reason}); "
             "use another checkpoint, e.g. the one checkpoints/last.json points to"
@@ -448,17 +457,6 @@ class CheckpointManager:
 
 
 # --------------------------------------------------------------------------- export
-
-
-def _write_file_atomic(path: Path, write) -> None:
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
-    os.close(fd)
-    try:
-        write(tmp)
-        os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
 
 
 def export_model(checkpoint_path, out_dir, tokenizer) -> Path:

@@ -113,7 +113,7 @@ class TableTaskConfig:
     # Label names in id order. Required when cells hold integer ids; otherwise the
     # label set is taken from the training split (sorted) unless listed here.
     labels: Optional[List[str]] = None
-    ids: bool = False  # cells hold integer ids into `labels` (or 0..max id) instead of names
+    ids: bool = False  # cells hold integer ids into `labels` (or, unlabelled, the ids seen in training)
 
 
 @dataclass
@@ -233,6 +233,14 @@ class CVConfig:
 
 
 @dataclass
+class CheckpointConfig:
+    enabled: bool = True
+    prefix: str = "emotrain"
+    save_top_k: int = 1  # best k by trainer.monitor, plus the last epoch always; -1 keeps all
+    export: bool = True  # slim weights-only export of the best model into <run>/model/
+
+
+@dataclass
 class PathsConfig:
     root_dir: str = MISSING
     output_dir: str = MISSING
@@ -251,10 +259,11 @@ class TrainConfig:
     optim: OptimConfig = MISSING
     trainer: TrainerConfig = MISSING
     cv: CVConfig = MISSING
+    checkpoint: CheckpointConfig = MISSING
     seed: int = 42
     deterministic: bool = False
-    resume: Optional[str] = None
-    save_model: bool = True
+    resume: Optional[str] = None  # a checkpoint file, or a run directory (its last checkpoint)
+    report: bool = True  # plots, report.json and summary.txt in <run>/report/
 
 
 # Schemas per group: conf/<group>/<option>.yaml starts with `defaults: [/schema_<group>_<kind>@_here_]`.
@@ -269,6 +278,7 @@ _GROUP_SCHEMAS: dict[str, dict[str, type]] = {
     "optim": {"base": OptimConfig},
     "trainer": {"base": TrainerConfig},
     "cv": {"base": CVConfig},
+    "checkpoint": {"base": CheckpointConfig},
 }
 
 

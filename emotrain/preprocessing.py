@@ -19,10 +19,13 @@ order, and the order matters:
    emoji into two different ones and change meaning. ZWJ/ZWNJ are also kept between
    letters of scripts whose spelling needs them (Arabic/Persian, Indic, Myanmar,
    Khmer), and tag characters are kept in emoji tag sequences (subdivision flags).
-3. ``scrub_pii`` - replaces URLs, e-mails, card numbers, phone numbers and @handles
+3. ``lowercase`` - keeps the mask tokens (GoEmotions' ``[NAME]``, ``[RELIGION]`` and
+   ours) upper-case. It runs before the scrub (whose patterns are case-insensitive)
+   because lower-casing can change what counts as a word character next to a
+   candidate ("İ" -> "i" + U+0307), and the scrub must see the final text for the
+   pipeline to be idempotent; the text is re-normalised after it when (1) is on.
+4. ``scrub_pii`` - replaces URLs, e-mails, card numbers, phone numbers and @handles
    by ``[URL]``, ``[EMAIL]``, ``[CARD]``, ``[PHONE]``, ``[USER]``.
-4. ``lowercase`` - last, so the regexes see the original case, and it keeps the mask
-   tokens (ours and GoEmotions' ``[NAME]``, ``[RELIGION]``) upper-case.
 
 Every step is idempotent and so is the whole pipeline: ``p(p(x)) == p(x)``.
 """
@@ -185,11 +188,13 @@ _EMAIL_RE = re.compile(
     _I,
 )
 
-# @handle (Twitter/Instagram/Reddit/Mastodon): must contain a letter, so "@_@",
-# "@ 5" stay, and must not be a number with a short suffix ("@5pm", "@2nd", "@10k"); dots only inside (Instagram) so a sentence-final "." stays out;
-# not after a word character (e-mails) or "@"; an optional "@instance.host".
+# @handle (Twitter/Instagram/Reddit/Mastodon): must contain a letter, so "@_@" and
+# "@ 5" stay, and must not be a number with a short suffix ("@5pm", "@2nd", "@10k");
+# dots only inside (Instagram), so a sentence-final "." stays out; not after a word
+# character (e-mails) or "@"; up to 30 characters; an optional "@instance.host".
 _HANDLE_RE = re.compile(
-    rf"(?<![\w@./\-])@(?=[\w.]*[a-z])(?![0-9]+[a-z]{{0,3}}\b)(?:[a-z0-9_](?:[a-z0-9_.]{{0,28}}[a-z0-9_])?)"
+    r"(?<![\w@./\-])@(?=[\w.]*[a-z])(?![0-9]+[a-z]{0,3}\b)"
+    r"(?:[a-z0-9_](?:[a-z0-9_.]{0,28}[a-z0-9_])?)"
     rf"(?:@(?:{_LABEL}\.)+[a-z]{{2,24}})?(?![\w@])",
     _I,
 )
@@ -204,11 +209,14 @@ _CARD_RE = re.compile(
     r"(?![0-9]|[.,\-/][0-9])"
 )
 
-_SEP = r"[ .\-]"
+# Separators inside a number: space, dot, ASCII hyphen and the Unicode hyphens /
+# en dash (U+2010..U+2013, which NFKC keeps) that word processors substitute.
+_DASH = "\\-\u2010-\u2013"
+_SEP = f"[ .{_DASH}]"
 # Not glued to a word, "+", or a preceding number ("1.555", "v2-555"...).
-_PRE = r"(?<![\w+/.\-])"
+_PRE = rf"(?<![\w+/.{_DASH}])"
 # Not followed by more digits of the same number, a time ("10:30") or a fraction.
-_POST = r"(?![0-9]|[.\-:/,][0-9])"
+_POST = rf"(?![0-9]|[.{_DASH}:/,][0-9])"
 _PHONE_RE = re.compile(
     # International: +CC or 00CC, an optional "(0)" trunk, then 2-6 digit groups
     # (first 1-5 digits, optionally in parens; the rest 2-5). Validated: 8-15 digits
@@ -221,21 +229,24 @@ _PHONE_RE = re.compile(
     # 5551234567, with an optional leading 1. The area code starts with 2-9 (the
     # exchange may not: fictional 555-123-4567 numbers are common in text).
     rf"|(?P<nanp>{_PRE}(?:1{_SEP}?)?"
-    rf"(?:\([2-9][0-9]{{2}}\)[ \-]?[0-9]{{3}}[ .\-][0-9]{{4}}"
-    rf"|[2-9][0-9]{{2}}(?P<ns>[ .\-])[0-9]{{3}}(?P=ns)[0-9]{{4}}"
+    rf"(?:\([2-9][0-9]{{2}}\)[ {_DASH}]?[0-9]{{3}}{_SEP}[0-9]{{4}}"
+    rf"|[2-9][0-9]{{2}}(?P<ns>{_SEP})[0-9]{{3}}(?P=ns)[0-9]{{4}}"
     rf"|[2-9][0-9]{{9}}){_POST})"
     # Indian mobile without prefix: 98765 43210 / 98765-43210.
-    rf"|(?P<in>{_PRE}[6-9][0-9]{{4}}[ \-][0-9]{{5}}{_POST})"
+    rf"|(?P<in>{_PRE}[6-9][0-9]{{4}}[ {_DASH}][0-9]{{5}}{_POST})"
     # National numbers with a trunk 0: 020 7946 0958, (020) 7946 0958, 07700 900123,
     # 030 12345678, 0151 23456789, 01 23 45 67 89, 01.23.45.67.89, 098765 43210.
     # Validated: 10-12 digits (so dates like 05.12.2024 are not phones).
-    rf"|(?P<nat>{_PRE}(?:\(0[1-9][0-9]{{0,3}}\)|0[1-9][0-9]{{0,3}})(?:{_SEP}?[0-9]{{2,5}}){{1,4}}{_POST})"
+    # One separator throughout (or none), so "05.12.2024 0151..." is not one number;
+    # "/" is allowed too (German 030/12345678).
+    rf"|(?P<nat>{_PRE}(?:\(0[1-9][0-9]{{0,4}}\)|0[1-9][0-9]{{0,4}})"
+    rf"(?P<ts>[ ./{_DASH}]?)[0-9]{{2,8}}(?:(?P=ts)[0-9]{{2,8}}){{0,3}}{_POST})"
 )
 # A bare 7-digit local number only right after a phone word: "call me at 555-0199".
 _LOCAL_PHONE_RE = re.compile(
     r"(?P<ctx>\b(?:call|text|phone|tel|dial|ring|reach|fax|cell|mobile|whatsapp)(?:ed|ing|s)?\b"
     r"[ :]*(?:(?:me|us|him|her|them)\s+)?(?:(?:at|on)\s+)?)"
-    rf"[2-9][0-9]{{2}}[\-.][0-9]{{4}}{_POST}",
+    rf"[2-9][0-9]{{2}}[.{_DASH}][0-9]{{4}}{_POST}",
     _I,
 )
 
@@ -326,7 +337,22 @@ def scrub_pii(text: str) -> str:
     Ordinary numbers (times, dates, prices, scores, years, versions, percentages) are
     left alone. Expects ASCII digits; run :func:`normalize_unicode` first to fold
     full-width forms.
+
+    The passes are repeated until nothing changes (in practice: once more when the
+    first pass replaced something, never on clean text), because a placeholder can
+    unblock an earlier pass: in "555-123-4567http://x.co/y" the URL is glued to a
+    digit and only becomes a URL of its own once the phone is "[PHONE]". Each pass
+    only turns text into placeholders, so this terminates.
     """
+    for _ in range(8):
+        scrubbed = _scrub_once(text)
+        if scrubbed == text:
+            break
+        text = scrubbed
+    return text
+
+
+def _scrub_once(text: str) -> str:
     # Cheap gates: every pattern needs one of these characters, most texts have none.
     # (scheme and bare-domain URLs contain "/", www. ones "ww"/"WW").
     has_at = "@" in text
@@ -357,15 +383,44 @@ def normalize(
     """Run the pipeline with the given switches (same defaults as :class:`Preprocessor`)."""
     if not isinstance(text, str):
         raise TypeError(f"expected str, got {type(text).__name__}")
-    if normalize_unicode:
-        text = _normalize_unicode(text)
-    if clean_whitespace:
-        text = _clean_whitespace(text)
-    if scrub_pii:
-        text = _scrub_pii(text)
-    if lowercase:
-        text = _lowercase(text)
+    text, scrubbed = _pipeline_once(text, normalize_unicode, clean_whitespace, lowercase, scrub_pii)
+    if scrubbed and clean_whitespace and not text.isascii():
+        # A placeholder can take the place of the letter/emoji that justified keeping
+        # a neighbouring joiner ("क\u200d्" -> "[URL]\u200d्"); run the (cheap, rare)
+        # pipeline again until the text is a fixed point, so p(p(x)) == p(x).
+        for _ in range(4):
+            again, _ = _pipeline_once(text, normalize_unicode, clean_whitespace, lowercase, scrub_pii)
+            if again == text:
+                break
+            text = again
     return text
+
+
+def _pipeline_once(
+    text: str, nfkc: bool, clean: bool, lower: bool, scrub: bool
+) -> tuple[str, bool]:
+    """One pass of the pipeline; also says whether the PII scrub replaced anything."""
+    if nfkc:
+        text = _normalize_unicode(text)
+    if clean:
+        text = _clean_whitespace(text)
+        if nfkc and not text.isascii():
+            # Dropping an invisible character can join a base letter and a combining
+            # mark ("e\u200b\u0301" -> "e\u0301"): renormalise (a quick check when
+            # nothing changed).
+            text = unicodedata.normalize("NFKC", text)
+    if lower:
+        text = _lowercase(text)
+        if nfkc and not text.isascii():
+            # Lower-casing can break normal form too ("İ" -> "i" + U+0307, which must
+            # then be reordered with a following combining mark).
+            text = unicodedata.normalize("NFKC", text)
+    scrubbed = False
+    if scrub:
+        out = _scrub_pii(text)
+        scrubbed = out != text
+        text = out
+    return text, scrubbed
 
 
 # Private aliases: normalize()'s keyword arguments shadow the public function names.

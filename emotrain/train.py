@@ -1,10 +1,16 @@
 """The training recipe: setup, train, save.
 
-Read it top to bottom: `run(cfg)` validates the config, loads and preprocesses the
-data, builds the model, runs the loop (AMP autocast -> scaled backward -> unscale ->
-clip -> step -> scaler update -> scheduler), evaluates every epoch (or every N
-steps), keeps the best weights, evaluates them on the test split and writes
-`metrics.json` into the run directory.
+`run(cfg)` = `TrainingRecipe(cfg).setup()`, `.train()`, `.save()`:
+
+- setup: validate the config, seed, pick device and precision, load and preprocess
+  the data, tokenise it once, build model / loss / optimizer / scheduler, and (with
+  `resume=PATH`) restore all of it from a checkpoint.
+- train: the loop, top to bottom in `train()`: autocast forward -> fp32 loss ->
+  scaled backward -> (every grad_accum_steps) unscale -> clip -> step -> scaler
+  update -> scheduler step; evaluation every epoch (or every N steps), best-epoch
+  tracking, early stopping, a checkpoint after every evaluation.
+- save: evaluate the best weights on the test split, write `metrics.json`, the
+  report and the slim model export.
 """
 
 from __future__ import annotations
@@ -13,10 +19,9 @@ import copy
 import logging
 import math
 import time
-from dataclasses import dataclass, field
+from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
-import numpy as np
 import torch
 from omegaconf import DictConfig, OmegaConf
 from tqdm.auto import tqdm
@@ -45,13 +50,26 @@ class TrainingDiverged(EmotrainError):
     """Too many consecutive non-finite losses."""
 
 
+def _value(x):
+    """Enum members from structured configs -> their plain value."""
+    return getattr(x, "value", x)
+
+
 # --------------------------------------------------------------------------- config checks
 
 
 def validate_config(cfg: DictConfig) -> None:
     """Checks the schema cannot express; run before any data is read or model built."""
     t = cfg.trainer
-    positive = {"trainer.epochs": t.epochs, "trainer.batch_size": t.batch_size, "trainer.eval_batch_size": t.eval_batch_size, "trainer.grad_accum_steps": t.grad_accum_steps, "backbone.max_length": cfg.backbone.max_length}
+    positive = {
+        "trainer.epochs": t.epochs,
+        "trainer.batch_size": t.batch_size,
+        "trainer.eval_batch_size": t.eval_batch_size,
+        "trainer.grad_accum_steps": t.grad_accum_steps,
+        "trainer.log_every_steps": t.log_every_steps,
+        "trainer.max_nonfinite_steps": t.max_nonfinite_steps,
+        "backbone.max_length": cfg.backbone.max_length,
+    }
     for key, value in positive.items():
         if value < 1:
             raise ConfigError(f"{key}={value}: must be >= 1")
@@ -65,20 +83,24 @@ def validate_config(cfg: DictConfig) -> None:
         raise ConfigError(f"trainer.dropout={t.dropout}: must be in [0, 1)")
     if t.early_stopping.patience is not None and t.early_stopping.patience < 1:
         raise ConfigError(f"trainer.early_stopping.patience={t.early_stopping.patience}: must be >= 1 or null")
+    if t.early_stopping.min_delta < 0:
+        raise ConfigError(f"trainer.early_stopping.min_delta={t.early_stopping.min_delta}: must be >= 0")
     for key in ("val_fraction", "test_fraction"):
-        if not 0.0 < cfg.data[key] < 1.0:
-            raise ConfigError(f"data.{key}={cfg.data[key]}: must be in (0, 1)")
+        if not 0.0 <= cfg.data[key] < 1.0:
+            raise ConfigError(f"data.{key}={cfg.data[key]}: must be in [0, 1)")
     if cfg.data.val_fraction + cfg.data.test_fraction >= 1.0:
         raise ConfigError("data.val_fraction + data.test_fraction must be < 1")
     if cfg.backbone.kind == "tiny" and cfg.backbone.hidden_size % cfg.backbone.num_heads:
         raise ConfigError(f"backbone.hidden_size={cfg.backbone.hidden_size} must be divisible by backbone.num_heads={cfg.backbone.num_heads}")
-    if cfg.cv.kind == "kfold":
+    if _value(cfg.cv.kind) == "kfold":
         if cfg.cv.k < 2:
             raise ConfigError(f"cv.k={cfg.cv.k}: k-fold needs k >= 2")
         if not 0 <= cfg.cv.fold < cfg.cv.k:
             raise ConfigError(f"cv.fold={cfg.cv.fold}: must be in [0, {cfg.cv.k}) for cv.k={cfg.cv.k}")
     if cfg.freeze.layers < 0:
         raise ConfigError(f"freeze.layers={cfg.freeze.layers}: must be >= 0")
+    if cfg.checkpoint.save_top_k < -1:
+        raise ConfigError(f"checkpoint.save_top_k={cfg.checkpoint.save_top_k}: use -1 (keep all), 0 (last only) or k >= 1")
 
 
 def monitor_keys(bundle: DataBundle) -> list[str]:
@@ -95,6 +117,33 @@ def check_monitor(cfg: DictConfig, bundle: DataBundle) -> None:
         raise ConfigError(f"trainer.monitor={cfg.trainer.monitor}: unknown metric; choose one of {', '.join(keys)}")
 
 
+# Config keys that change the model's shape or tasks: a resume with other values is refused.
+SHAPE_KEYS = ("backbone.kind", "backbone.name", "backbone.path", "backbone.hidden_size", "backbone.num_layers", "backbone.num_heads", "backbone.intermediate_size", "backbone.pooling")
+
+
+def _flatten(d: dict, prefix: str = "") -> dict:
+    out = {}
+    for k, v in d.items():
+        key = f"{prefix}{k}"
+        if isinstance(v, dict):
+            out.update(_flatten(v, key + "."))
+        else:
+            out[key] = v
+    return out
+
+
+def compare_resume_config(saved: dict, current: dict, saved_tasks: list[dict], current_tasks: list[dict]) -> list[str]:
+    """Raise on changes to model shape or tasks; return the other changed keys (to log)."""
+    a, b = _flatten(saved), _flatten(current)
+    changed = sorted(k for k in set(a) | set(b) if a.get(k) != b.get(k) and not k.startswith("paths.") and k != "resume")
+    shape = [k for k in changed if k in SHAPE_KEYS]
+    if saved_tasks != current_tasks:
+        shape.append("tasks (names, labels or multi-label flags)")
+    if shape:
+        raise ConfigError(f"resume: the checkpoint was trained with a different model shape or tasks ({', '.join(shape)}); use the same settings as that run")
+    return changed
+
+
 # --------------------------------------------------------------------------- training state
 
 
@@ -106,16 +155,15 @@ class TrainState:
     best_epoch: int | None = None
     best_metrics: dict = field(default_factory=dict)
     history: list[dict] = field(default_factory=list)  # one entry per evaluation
-    lr_history: list[list[float]] = field(default_factory=list)  # [step, lr of the first group]
-    nonfinite_steps: int = 0
+    lr_history: list[list[float]] = field(default_factory=list)  # [step, lr of the first param group]
+    train_seconds: float = 0.0
+    train_examples: int = 0
+    nonfinite_steps: int = 0  # consecutive
     stopped_early: bool = False
 
 
 def is_better(value: float, best: float | None, mode: str) -> bool:
     return best is None or (value < best if mode == "min" else value > best)
-
-
-# --------------------------------------------------------------------------- recipe
 
 
 def preprocess_bundle(bundle: DataBundle, pre: Preprocessor) -> DataBundle:
@@ -128,199 +176,285 @@ def preprocess_bundle(bundle: DataBundle, pre: Preprocessor) -> DataBundle:
     return bundle
 
 
-def run(cfg: DictConfig, overrides: list[str] | None = None) -> dict:
-    """Train and evaluate one model. Returns the metrics written to metrics.json."""
-    started = time.time()
-    validate_config(cfg)
-    out_dir = Path(cfg.paths.output_dir)
-    root_dir = Path(cfg.paths.root_dir)
-    out_dir.mkdir(parents=True, exist_ok=True)
-    if cfg.trainer.num_threads:
-        torch.set_num_threads(cfg.trainer.num_threads)
-    set_seed(cfg.seed, cfg.deterministic)
+# --------------------------------------------------------------------------- recipe
 
-    # ---- device and precision
-    device, _ = get_device()
-    requested_precision = str(getattr(cfg.precision.mode, "value", cfg.precision.mode))
-    precision, warning = resolve_precision(requested_precision, device)
-    if warning:
-        log.warning(warning)
-    log.info("device=%s precision=%s (requested %s)", device.type, precision, requested_precision)
 
-    # ---- data
-    bundle = load_data(cfg.data, root_dir)
-    bundle = apply_cv(bundle, cfg.cv)
-    check_monitor(cfg, bundle)
-    preprocessor = Preprocessor.from_config(cfg.data.preprocess)
-    bundle = preprocess_bundle(bundle, preprocessor)
-    log.info(
-        "data=%s tasks=%s train=%d val=%d test=%d",
-        cfg.data.kind,
-        ", ".join(f"{t.name}({t.num_labels}{', multi-label' if t.multilabel else ''})" for t in bundle.tasks),
-        len(bundle.train),
-        len(bundle.val),
-        len(bundle.test) if bundle.test is not None else 0,
-    )
+class TrainingRecipe:
+    def __init__(self, cfg: DictConfig, overrides: list[str] | None = None):
+        self.cfg = cfg
+        self.overrides = list(overrides or [])
+        self.started = time.time()
+        self.resumed_from: str | None = None
 
-    # ---- tokenizer and model
-    tokenizer = load_tokenizer(cfg.backbone, root_dir)
-    max_length = cfg.backbone.max_length
-    train_data = encode_split(tokenizer, bundle.train, max_length)
-    val_data = encode_split(tokenizer, bundle.val, max_length)
-    test_data = encode_split(tokenizer, bundle.test, max_length) if bundle.test is not None else None
-    pad_id = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else 0
+    # ------------------------------------------------------------------ setup
+    def setup(self) -> "TrainingRecipe":
+        cfg = self.cfg
+        validate_config(cfg)
+        self.out_dir = Path(cfg.paths.output_dir)
+        self.root_dir = Path(cfg.paths.root_dir)
+        self.out_dir.mkdir(parents=True, exist_ok=True)
+        if cfg.trainer.num_threads:
+            torch.set_num_threads(cfg.trainer.num_threads)
+        set_seed(cfg.seed, cfg.deterministic)
 
-    encoder = load_encoder(cfg.backbone, root_dir, vocab_size=len(tokenizer))
-    validate_freeze(cfg.freeze, len(encoder_layers(encoder)))
-    pooling = str(getattr(cfg.backbone.pooling, "value", cfg.backbone.pooling))
-    model = MultiTaskModel(encoder, bundle.tasks, pooling=pooling, dropout=cfg.trainer.dropout).to(device)
-    criterion = MultiTaskLoss(bundle.tasks, cfg.loss, class_counts(bundle.tasks, bundle.train.targets), len(bundle.train)).to(device)
-    optimizer = build_optimizer(model, cfg.optim, list(criterion.parameters()), device)
-    params = [p for g in optimizer.param_groups for p in g["params"]]
+        # device and precision
+        self.device, _ = get_device()
+        self.requested_precision = str(_value(cfg.precision.mode))
+        precision, warning = resolve_precision(self.requested_precision, self.device)
+        if warning:
+            log.warning(warning)
+        log.info("device=%s precision=%s (requested %s)", self.device.type, precision, self.requested_precision)
 
-    # ---- schedule
-    accum = cfg.trainer.grad_accum_steps
-    train_loader = make_loader(train_data, pad_id, cfg.trainer.batch_size, shuffle=True, group_by_length=cfg.trainer.length_grouping, seed=cfg.seed)
-    steps_per_epoch = math.ceil(len(train_loader) / accum)
-    total_steps = steps_per_epoch * cfg.trainer.epochs
-    if cfg.trainer.max_steps:
-        total_steps = min(total_steps, cfg.trainer.max_steps)
-    scheduler = build_scheduler(optimizer, cfg.scheduler, total_steps)
-    mp = MixedPrecisionTrainer(device, precision)
-    monitor, mode = cfg.trainer.monitor, str(getattr(cfg.trainer.monitor_mode, "value", cfg.trainer.monitor_mode))
-    stopper = EarlyStopping(cfg.trainer.early_stopping.patience, cfg.trainer.early_stopping.min_delta, mode)
-    state = TrainState()
-    best_weights = copy.deepcopy(model.state_dict())
-    log.info(
-        "model=%s params=%d batch=%d x accum %d = effective batch %d; %d optimiser steps",
-        cfg.backbone.name, sum(p.numel() for p in model.parameters()), cfg.trainer.batch_size, accum, cfg.trainer.batch_size * accum, total_steps,
-    )
+        # data
+        bundle = load_data(cfg.data, self.root_dir)
+        bundle = apply_cv(bundle, cfg.cv)
+        check_monitor(cfg, bundle)
+        self.preprocessor = Preprocessor.from_config(cfg.data.preprocess)
+        self.bundle = bundle = preprocess_bundle(bundle, self.preprocessor)
+        self.tasks = bundle.tasks
+        log.info(
+            "data=%s tasks=%s train=%d val=%d test=%d",
+            cfg.data.kind,
+            ", ".join(f"{t.name}({t.num_labels}{', multi-label' if t.multilabel else ''})" for t in bundle.tasks),
+            len(bundle.train), len(bundle.val), len(bundle.test) if bundle.test is not None else 0,
+        )
 
-    def run_evaluation(train_loss: float | None) -> bool:
-        """Evaluate on val, track the best weights; True when early stopping says stop."""
-        nonlocal best_weights
-        metrics, _, _ = evaluate(model, criterion, val_data, bundle.tasks, pad_token_id=pad_id, batch_size=cfg.trainer.eval_batch_size, device=device, mp=mp)
-        entry = {
+        # tokenizer, token ids (once), model
+        self.tokenizer = load_tokenizer(cfg.backbone, self.root_dir)
+        max_length = cfg.backbone.max_length
+        self.train_data = encode_split(self.tokenizer, bundle.train, max_length)
+        self.val_data = encode_split(self.tokenizer, bundle.val, max_length)
+        self.test_data = encode_split(self.tokenizer, bundle.test, max_length) if bundle.test is not None else None
+        self.pad_id = self.tokenizer.pad_token_id if self.tokenizer.pad_token_id is not None else 0
+        encoder = load_encoder(cfg.backbone, self.root_dir, vocab_size=len(self.tokenizer))
+        validate_freeze(cfg.freeze, len(encoder_layers(encoder)))
+        self.model = MultiTaskModel(encoder, bundle.tasks, pooling=str(_value(cfg.backbone.pooling)), dropout=cfg.trainer.dropout).to(self.device)
+
+        # loss, optimizer, schedule
+        counts = class_counts(bundle.tasks, bundle.train.targets)
+        self.criterion = MultiTaskLoss(bundle.tasks, cfg.loss, counts, len(bundle.train)).to(self.device)
+        self.optimizer = build_optimizer(self.model, cfg.optim, list(self.criterion.parameters()), self.device)
+        self.params = [p for g in self.optimizer.param_groups for p in g["params"]]
+        self.accum = cfg.trainer.grad_accum_steps
+        self.train_loader = make_loader(self.train_data, self.pad_id, cfg.trainer.batch_size, shuffle=True, group_by_length=cfg.trainer.length_grouping, seed=cfg.seed)
+        steps_per_epoch = math.ceil(len(self.train_loader) / self.accum)
+        self.total_steps = steps_per_epoch * cfg.trainer.epochs
+        if cfg.trainer.max_steps:
+            self.total_steps = min(self.total_steps, cfg.trainer.max_steps)
+        self.scheduler = build_scheduler(self.optimizer, cfg.scheduler, self.total_steps)
+        self.mp = MixedPrecisionTrainer(self.device, precision)
+        self.monitor, self.mode = cfg.trainer.monitor, str(_value(cfg.trainer.monitor_mode))
+        self.stopper = EarlyStopping(cfg.trainer.early_stopping.patience, cfg.trainer.early_stopping.min_delta, self.mode)
+        self.state = TrainState()
+        self.best_weights = copy.deepcopy(self.model.state_dict())
+        self.resolved_config = OmegaConf.to_container(cfg, resolve=True, enum_to_str=True)
+        self.checkpoints = None
+        if cfg.checkpoint.enabled:
+            from emotrain.checkpointing import CheckpointManager
+
+            self.checkpoints = CheckpointManager(self.out_dir, cfg.checkpoint.prefix, cfg.checkpoint.save_top_k, self.monitor, self.mode)
+        if cfg.resume:
+            self._resume(cfg.resume)
+        log.info(
+            "model=%s params=%d batch=%d x accum %d = effective batch %d; %d optimiser steps",
+            cfg.backbone.name, sum(p.numel() for p in self.model.parameters()), cfg.trainer.batch_size, self.accum,
+            cfg.trainer.batch_size * self.accum, self.total_steps,
+        )
+        return self
+
+    def _resume(self, path: str) -> None:
+        from emotrain.checkpointing import load_checkpoint, resolve_checkpoint
+
+        given = Path(path) if Path(path).is_absolute() else self.root_dir / path
+        ckpt_path = resolve_checkpoint(given, which="last")
+        meta = load_checkpoint(ckpt_path)  # metadata first: refuse shape changes before touching the model
+        changed = compare_resume_config(meta["hyperparameters"], self.resolved_config, meta["tasks"], [t.to_dict() for t in self.tasks])
+        if changed:
+            log.warning("resume: config differs from the checkpoint's in %s", ", ".join(changed))
+        load_checkpoint(ckpt_path, self.model, self.optimizer, self.scheduler, self.mp, restore_rng=True)
+        extra = meta.get("extra") or {}
+        for key, value in (extra.get("state") or {}).items():
+            setattr(self.state, key, value)
+        self.stopper.load_state_dict(extra.get("early_stopping") or {"best": None, "bad_evals": 0})
+        if "criterion" in extra and extra["criterion"]:
+            self.criterion.load_state_dict(extra["criterion"])
+        self.best_weights = copy.deepcopy(self.model.state_dict())
+        best = resolve_checkpoint(ckpt_path.parent, which="best") if (ckpt_path.parent / "best.json").exists() else None
+        if best is not None and best != ckpt_path:
+            self.best_weights = load_checkpoint(best)["model"]
+        self.resumed_from = str(ckpt_path)
+        log.info("resumed from %s (epoch %d, step %d)", ckpt_path, self.state.epoch, self.state.global_step)
+
+    # ------------------------------------------------------------------ train
+    def evaluate(self, data, thresholds=None):
+        return evaluate(self.model, self.criterion, data, self.tasks, pad_token_id=self.pad_id, batch_size=self.cfg.trainer.eval_batch_size, device=self.device, mp=self.mp, thresholds=thresholds)
+
+    def train(self) -> "TrainingRecipe":
+        cfg, state, mp = self.cfg, self.state, self.mp
+        model, criterion, optimizer, scheduler = self.model, self.criterion, self.optimizer, self.scheduler
+        accum, device = self.accum, self.device
+        epochs_bar = tqdm(range(state.epoch, cfg.trainer.epochs), desc="epochs", disable=not cfg.trainer.progress, dynamic_ncols=True)
+        stop = state.stopped_early or bool(cfg.trainer.max_steps and state.global_step >= cfg.trainer.max_steps)
+        for epoch in epochs_bar:
+            if stop:
+                break
+            self.trainable = apply_freeze(model, cfg.freeze, epoch)
+            log.info("epoch %d: %d trainable parameters", epoch + 1, self.trainable)
+            model.train()
+            self.train_loader.batch_sampler.set_epoch(epoch)
+            loss_sum, seen = torch.zeros((), device=device), 0
+            epoch_started = time.perf_counter()
+            batches = tqdm(self.train_loader, desc=f"epoch {epoch + 1}", leave=False, disable=not cfg.trainer.progress, dynamic_ncols=True)
+            for i, batch in enumerate(batches):
+                ids = batch["input_ids"].to(device, non_blocking=True)
+                mask = batch["attention_mask"].to(device, non_blocking=True)
+                targets = {k: v.to(device, non_blocking=True) for k, v in batch["targets"].items()}
+
+                with mp.autocast():
+                    logits = model(ids, mask)
+                loss, _ = criterion(logits, targets)  # in fp32: the loss module upcasts logits
+                if not torch.isfinite(loss):
+                    mp = self._nonfinite_loss(epoch)
+                    continue
+                state.nonfinite_steps = 0
+                mp.scale_loss(loss / accum).backward()
+                loss_sum += loss.detach() * ids.shape[0]
+                seen += ids.shape[0]
+
+                if (i + 1) % accum == 0 or i + 1 == len(self.train_loader):
+                    mp.step(optimizer, self.params, cfg.trainer.max_grad_norm)  # unscale -> clip -> step
+                    mp.update()  # loss-scale update; counts steps the scaler skipped
+                    scheduler.step()
+                    optimizer.zero_grad(set_to_none=True)
+                    state.global_step += 1
+                    state.lr_history.append([state.global_step, scheduler.get_last_lr()[0]])
+                    if state.global_step % cfg.trainer.log_every_steps == 0:
+                        log.info("step %d: lr=%.3e running train_loss=%.4f", state.global_step, scheduler.get_last_lr()[0], float(loss_sum) / max(seen, 1))
+                    if cfg.trainer.eval_every_steps and state.global_step % cfg.trainer.eval_every_steps == 0:
+                        stop = self._evaluate_and_checkpoint(float(loss_sum) / max(seen, 1), epoch_done=False)
+                        model.train()
+                    if stop or (cfg.trainer.max_steps and state.global_step >= cfg.trainer.max_steps):
+                        break
+
+            state.epoch = epoch + 1
+            state.train_seconds += time.perf_counter() - epoch_started
+            state.train_examples += seen
+            train_loss = float(loss_sum) / max(seen, 1)
+            stop = self._evaluate_and_checkpoint(train_loss, epoch_done=True) or stop
+            epochs_bar.set_postfix(train_loss=f"{train_loss:.4f}", val_loss=f"{state.history[-1]['val']['loss']:.4f}")
+            if stop:
+                state.stopped_early = True
+                log.info("early stopping after epoch %d (no %s improvement for %d evaluations)", state.epoch, self.monitor, self.stopper.patience)
+            elif cfg.trainer.max_steps and state.global_step >= cfg.trainer.max_steps:
+                log.info("reached trainer.max_steps=%d", cfg.trainer.max_steps)
+                stop = True
+        return self
+
+    def _nonfinite_loss(self, epoch: int) -> MixedPrecisionTrainer:
+        """Skip the step; auto-bf16 falls back to fp32; too many in a row stops training."""
+        self.state.nonfinite_steps += 1
+        self.optimizer.zero_grad(set_to_none=True)
+        if self.requested_precision == "auto" and self.mp.precision == "bf16":
+            # auto picked bf16 for speed; it must not cost a finite loss.
+            log.warning("non-finite loss under bf16 autocast at step %d; precision=auto falls back to fp32", self.state.global_step)
+            self.mp = MixedPrecisionTrainer(self.device, "fp32")
+        elif self.state.nonfinite_steps >= self.cfg.trainer.max_nonfinite_steps:
+            raise TrainingDiverged(
+                f"loss was non-finite for {self.state.nonfinite_steps} consecutive steps in epoch {epoch + 1}: "
+                "lower optim.lr, set trainer.max_grad_norm, or use precision=fp32"
+            )
+        return self.mp
+
+    def _evaluate_and_checkpoint(self, train_loss: float, epoch_done: bool) -> bool:
+        """Evaluate on val, track the best weights, save a checkpoint; True when early stopping says stop."""
+        state = self.state
+        if epoch_done and state.history and state.history[-1]["step"] == state.global_step and not state.history[-1].get("epoch_done"):
+            # eval_every_steps just evaluated this exact step: reuse it, mark the epoch end.
+            state.history[-1].update(train_loss=train_loss, epoch=state.epoch, epoch_done=True)
+            return False
+        metrics, _, _ = self.evaluate(self.val_data)
+        state.history.append({
             "epoch": state.epoch,
+            "epoch_done": epoch_done,
             "step": state.global_step,
             "train_loss": train_loss,
             "val": metrics,
-            "lr": scheduler.get_last_lr()[0],
-            "trainable_params": trainable,
-            "task_weights": criterion.task_weights(),
-        }
-        state.history.append(entry)
-        value = metrics[monitor]
-        if is_better(value, state.best_value, mode):
+            "lr": self.scheduler.get_last_lr()[0],
+            "trainable_params": self.trainable,
+            "task_weights": self.criterion.task_weights(),
+        })
+        value = metrics[self.monitor]
+        if is_better(value, state.best_value, self.mode):
             state.best_value, state.best_epoch, state.best_metrics = value, state.epoch, metrics
-            best_weights = copy.deepcopy(model.state_dict())
+            self.best_weights = copy.deepcopy(self.model.state_dict())
+        stop = self.stopper.step(value)
         log.info(
-            "epoch %d step %d: train_loss=%s val_loss=%.4f val_macro_f1=%.4f %s=%.4f (best %.4f @ epoch %s)",
-            state.epoch, state.global_step, "n/a" if train_loss is None else f"{train_loss:.4f}", metrics["loss"], metrics["macro_f1"], monitor, value, state.best_value, state.best_epoch,
+            "epoch %d step %d: train_loss=%.4f val_loss=%.4f val_macro_f1=%.4f %s=%.4f (best %.4f @ epoch %s)",
+            state.epoch, state.global_step, train_loss, metrics["loss"], metrics["macro_f1"], self.monitor, value, state.best_value, state.best_epoch,
         )
-        if criterion.uncertainty:
-            log.info("task weights: %s", ", ".join(f"{k}={v:.3f}" for k, v in criterion.task_weights().items()))
-        return stopper.step(value)
+        if self.criterion.uncertainty:
+            log.info("learned task weights: %s", ", ".join(f"{k}={v:.3f}" for k, v in self.criterion.task_weights().items()))
+        if self.checkpoints is not None:
+            self.checkpoints.save(
+                self.model, self.optimizer, self.scheduler, state.epoch, metrics["loss"], metrics, self.resolved_config, value,
+                global_step=state.global_step, scaler_state=self.mp.state_dict(), tasks=[t.to_dict() for t in self.tasks],
+                extra={
+                    "state": {k: v for k, v in asdict(state).items()},
+                    "early_stopping": self.stopper.state_dict(),
+                    "criterion": self.criterion.state_dict(),
+                    "preprocessing": self.preprocessor.to_dict(),
+                    "primary_task": self.bundle.primary_task,
+                },
+            )
+        return stop
 
-    # ---- train
-    epochs_bar = tqdm(range(cfg.trainer.epochs), desc="epochs", disable=not cfg.trainer.progress, dynamic_ncols=True)
-    stop = False
-    for epoch in epochs_bar:
-        trainable = apply_freeze(model, cfg.freeze, epoch)
-        log.info("epoch %d: %d trainable parameters", epoch + 1, trainable)
-        model.train()
-        train_loader.batch_sampler.set_epoch(epoch)
-        loss_sum = torch.zeros((), device=device)
-        seen = 0
-        batches = tqdm(train_loader, desc=f"epoch {epoch + 1}", leave=False, disable=not cfg.trainer.progress, dynamic_ncols=True)
-        for i, batch in enumerate(batches):
-            ids = batch["input_ids"].to(device, non_blocking=True)
-            mask = batch["attention_mask"].to(device, non_blocking=True)
-            targets = {k: v.to(device, non_blocking=True) for k, v in batch["targets"].items()}
+    # ------------------------------------------------------------------ save
+    def save(self) -> dict:
+        cfg, state = self.cfg, self.state
+        self.model.load_state_dict(self.best_weights)
+        final_val = state.history[-1]["val"] if state.history else {}
+        test_metrics, test_per_class = {}, {}
+        if self.test_data is not None:
+            test_metrics, test_per_class, _ = self.evaluate(self.test_data)
+            log.info(
+                "test (best epoch %s): loss=%.4f macro_f1=%.4f %s", state.best_epoch, test_metrics["loss"], test_metrics["macro_f1"],
+                " ".join(f"{t.name}/macro_f1={test_metrics[f'{t.name}/macro_f1']:.4f}" for t in self.tasks),
+            )
+        results = {
+            "status": "completed",
+            "objective": {"metric": self.monitor, "mode": self.mode, "split": "val", "value": state.best_value},
+            "best_epoch": state.best_epoch,
+            "epochs_run": state.epoch,
+            "global_steps": state.global_step,
+            "stopped_early": state.stopped_early,
+            "best_val": state.best_metrics,
+            "final_val": final_val,
+            "test": test_metrics,
+            "test_per_class": test_per_class,
+            "history": state.history,
+            "lr_per_step": state.lr_history,
+            "wall_time_s": round(time.time() - self.started, 3),
+            # Training throughput, evaluation excluded.
+            "train_samples_per_s": round(state.train_examples / max(state.train_seconds, 1e-9), 2),
+            "device": self.device.type,
+            "precision": {"requested": self.requested_precision, "effective": self.mp.precision, "skipped_steps": self.mp.skipped_steps},
+            "seed": cfg.seed,
+            "deterministic": cfg.deterministic,
+            "overrides": self.overrides,
+            "resumed_from": self.resumed_from,
+            "tasks": [t.to_dict() for t in self.tasks],
+            "primary_task": self.bundle.primary_task,
+            "data_sizes": {"train": len(self.bundle.train), "val": len(self.bundle.val), "test": len(self.bundle.test) if self.bundle.test is not None else 0},
+            "effective_batch_size": cfg.trainer.batch_size * self.accum,
+            "git": git_info(),
+            "versions": library_versions(),
+            "config": self.resolved_config,
+        }
+        write_json(self.out_dir / "metrics.json", results)
+        log.info("wrote %s (%.1fs)", self.out_dir / "metrics.json", results["wall_time_s"])
+        return results
 
-            with mp.autocast():
-                logits = model(ids, mask)
-            loss, _ = criterion(logits, targets)  # losses in fp32 outside autocast
-            if not torch.isfinite(loss):
-                state.nonfinite_steps += 1
-                optimizer.zero_grad(set_to_none=True)
-                if state.nonfinite_steps >= cfg.trainer.max_nonfinite_steps:
-                    raise TrainingDiverged(
-                        f"loss was non-finite for {state.nonfinite_steps} consecutive steps at epoch {epoch + 1}: "
-                        "lower optim.lr, set trainer.max_grad_norm, or use precision=fp32"
-                    )
-                continue
-            state.nonfinite_steps = 0
-            mp.scale_loss(loss / accum).backward()
-            loss_sum += loss.detach() * ids.shape[0]
-            seen += ids.shape[0]
 
-            if (i + 1) % accum == 0 or i + 1 == len(train_loader):
-                mp.step(optimizer, params, cfg.trainer.max_grad_norm)  # unscale -> clip -> step
-                mp.update()
-                scheduler.step()
-                optimizer.zero_grad(set_to_none=True)
-                state.global_step += 1
-                state.lr_history.append([state.global_step, scheduler.get_last_lr()[0]])
-                if state.global_step % cfg.trainer.log_every_steps == 0:
-                    log.debug("step %d lr=%.3e", state.global_step, scheduler.get_last_lr()[0])
-                if cfg.trainer.eval_every_steps and state.global_step % cfg.trainer.eval_every_steps == 0:
-                    stop = run_evaluation(float(loss_sum) / max(seen, 1))
-                    model.train()
-                if stop or (cfg.trainer.max_steps and state.global_step >= cfg.trainer.max_steps):
-                    break
-
-        state.epoch = epoch + 1
-        train_loss = float(loss_sum) / max(seen, 1)
-        if not cfg.trainer.eval_every_steps or not state.history or state.history[-1]["step"] != state.global_step:
-            stop = run_evaluation(train_loss) or stop
-        else:
-            state.history[-1]["train_loss"] = train_loss
-        epochs_bar.set_postfix(train_loss=f"{train_loss:.4f}", val_loss=f"{state.history[-1]['val']['loss']:.4f}")
-        if stop:
-            state.stopped_early = True
-            log.info("early stopping after epoch %d (no %s improvement for %d evaluations)", state.epoch, monitor, stopper.patience)
-            break
-        if cfg.trainer.max_steps and state.global_step >= cfg.trainer.max_steps:
-            log.info("reached trainer.max_steps=%d", cfg.trainer.max_steps)
-            break
-
-    # ---- test the best weights
-    model.load_state_dict(best_weights)
-    final_val = state.history[-1]["val"]
-    test_metrics, test_per_class = {}, {}
-    if test_data is not None:
-        test_metrics, test_per_class, _ = evaluate(model, criterion, test_data, bundle.tasks, pad_token_id=pad_id, batch_size=cfg.trainer.eval_batch_size, device=device, mp=mp)
-        log.info("test (best epoch %s): loss=%.4f macro_f1=%.4f %s", state.best_epoch, test_metrics["loss"], test_metrics["macro_f1"],
-                 " ".join(f"{t.name}/macro_f1={test_metrics[f'{t.name}/macro_f1']:.4f}" for t in bundle.tasks))
-
-    # ---- save
-    results = {
-        "status": "completed",
-        "objective": {"metric": monitor, "mode": mode, "split": "val", "value": state.best_value},
-        "best_epoch": state.best_epoch,
-        "epochs_run": state.epoch,
-        "global_steps": state.global_step,
-        "stopped_early": state.stopped_early,
-        "best_val": state.best_metrics,
-        "final_val": final_val,
-        "test": test_metrics,
-        "test_per_class": test_per_class,
-        "history": state.history,
-        "wall_time_s": round(time.time() - started, 3),
-        "device": device.type,
-        "precision": {"requested": requested_precision, "effective": mp.precision, "skipped_steps": mp.skipped_steps},
-        "seed": cfg.seed,
-        "deterministic": cfg.deterministic,
-        "overrides": list(overrides or []),
-        "tasks": [t.to_dict() for t in bundle.tasks],
-        "primary_task": bundle.primary_task,
-        "data_sizes": {"train": len(bundle.train), "val": len(bundle.val), "test": len(bundle.test) if bundle.test is not None else 0},
-        "effective_batch_size": cfg.trainer.batch_size * accum,
-        "git": git_info(),
-        "versions": library_versions(),
-        "config": OmegaConf.to_container(cfg, resolve=True, enum_to_str=True),
-    }
-    write_json(out_dir / "metrics.json", results)
-    log.info("wrote %s (%.1fs)", out_dir / "metrics.json", results["wall_time_s"])
-    return results
+def run(cfg: DictConfig, overrides: list[str] | None = None) -> dict:
+    """Train and evaluate one model. Returns the metrics written to metrics.json."""
+    return TrainingRecipe(cfg, overrides).setup().train().save()

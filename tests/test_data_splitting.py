@@ -124,3 +124,9 @@ def test_kfold_errors():
     assert "'fear'" in msg and "only 3 examples" in msg and "cv.stratified=false" in msg
     # without stratification the small class is no obstacle
     kfold_indices(multiclass_split((20, 20, 3)), MC, k=5, fold=0, seed=0, stratified=False)
+
+
+def test_holdout_errors_show_configured_fraction():
+    with pytest.raises(DataError) as e:
+        stratified_holdout(multiclass_split((20, 20, 1)), [MC], 0.1111, seed=0, shown_fraction=0.1)
+    assert "(data.val_fraction=0.1)" in str(e.value)

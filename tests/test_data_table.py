@@ -21,7 +21,9 @@ def write(path: Path, text: str, encoding: str = "utf-8") -> Path:
 
 def cfg(train_file: str, tasks: dict | None = None, **kw) -> dict:
     """A data=table node as a plain dict (load_data fills in the schema defaults)."""
-    return {"kind": "table", "train_file": train_file, "tasks": tasks if tasks is not None else {"emotion": {"column": "label"}}, **kw}
+    if tasks is None:
+        tasks = {"emotion": {"column": "label"}}
+    return {"kind": "table", "train_file": train_file, "tasks": tasks, **kw}
 
 
 def three_files(tmp_path: Path, ext: str, rows: dict[str, str]) -> dict:
@@ -252,7 +254,7 @@ def test_non_text_cell_in_jsonl(tmp_path):
     write(tmp_path / "train.jsonl", '{"text": "ok", "label": "joy"}\n{"text": 12, "label": "joy"}\n')
     with pytest.raises(DataError) as e:
         load_data(cfg("train.jsonl"), tmp_path)
-    assert "train.jsonl line 2" in message(e) and "not text" in message(e) and "12" in message(e)
+    assert "train.jsonl line 2" in message(e) and "a number (12), not text" in message(e)
 
 
 def test_null_text_in_parquet_names_row(tmp_path):
@@ -274,7 +276,7 @@ def test_label_id_not_an_integer(tmp_path):
     write(tmp_path / "train.csv", "text,label\na,0\nb,joy\n")
     with pytest.raises(DataError) as e:
         load_data(cfg("train.csv", tasks={"emotion": {"column": "label", "ids": True}}), tmp_path)
-    assert "train.csv line 3" in message(e) and "'joy' is not an integer id" in message(e)
+    assert "train.csv line 3" in message(e) and "'joy' is not an integer id" in message(e) and "ids=false" in message(e)
 
 
 def test_val_label_unseen_in_training(tmp_path):
@@ -331,7 +333,7 @@ def test_unknown_label_name_when_labels_given(tmp_path):
     with pytest.raises(DataError) as e:
         load_data(cfg("train.csv", tasks={"emotion": {"column": "label", "labels": ["joy", "anger"]}}), tmp_path)
     msg = message(e)
-    assert "train.csv line 3" in msg and "unknown label 'angry'" in msg and "joy, anger" in msg
+    assert "train.csv line 3" in msg and "unknown label 'angry'" in msg and "(data.tasks.emotion.labels): joy, anger" in msg
 
 
 def test_malformed_jsonl_line(tmp_path):
@@ -367,7 +369,7 @@ def test_missing_single_label(tmp_path):
     write(tmp_path / "train.csv", "text,label\na,joy\nb,\n")
     with pytest.raises(DataError) as e:
         load_data(cfg("train.csv"), tmp_path)
-    assert "train.csv line 3" in message(e) and "has no label" in message(e)
+    assert "train.csv line 3" in message(e) and "every row needs a label" in message(e)
 
 
 def test_empty_tasks_tells_how_to_add_one(tmp_path):

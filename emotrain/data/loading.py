@@ -87,7 +87,9 @@ def load_data(data_cfg: Any, root_dir: Path) -> DataBundle:
     primary = cfg.get("primary_task")
     if primary:
         if primary not in names:
-            raise DataError(f"data.primary_task={primary!r} names no task; tasks are {', '.join(names)} (set data.primary_task to one)")
+            raise DataError(
+                f"data.primary_task={primary!r} names no task; tasks are {', '.join(names)} (set data.primary_task to one)"
+            )
         bundle.primary_task = str(primary)
     else:
         bundle.primary_task = names[0]

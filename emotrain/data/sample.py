@@ -46,7 +46,9 @@ def load_sample(data_dir: Path | None = None) -> DataBundle:
         for split, name in SAMPLE_FILES.items()
     }
     texts = {split: text_cells(table, "text") for split, table in tables.items()}
-    emotion_opts = TaskOptions(name="emotion", column="emotion", labels=EMOTION_LABELS)
+    emotion_opts = TaskOptions(
+        name="emotion", column="emotion", labels=EMOTION_LABELS, labels_origin="the sample's emotions"
+    )
     emotion_spec, emotion = build_task(emotion_opts, tables)
 
     # class id -> sentiment id, applied to every split at once

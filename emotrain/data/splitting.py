@@ -71,16 +71,19 @@ def stratified_holdout(
     stratify_on: str | None = None,
     held_name: str = "val",
     source: str = "",
+    shown_fraction: float | None = None,
 ) -> tuple[Split, Split]:
     """Hold out `fraction` of `split`, stratified on `stratify_on` (default: the first task).
 
     Returns (rest, held); both keep the original row order. `held_name` names the held
     split ("val" / "test") and the settings suggested in errors (data.<held_name>_fraction,
-    data.<held_name>_file); `source` names the file in errors.
+    data.<held_name>_file); `source` names the file in errors, and `shown_fraction` the
+    configured fraction when `fraction` was rescaled (a val split taken after a test split).
     """
     fraction = float(fraction)
+    setting = f"data.{held_name}_fraction={shown_fraction if shown_fraction is not None else fraction:g}"
     if not 0.0 < fraction < 1.0:
-        raise DataError(f"data.{held_name}_fraction={fraction:g}: a held-out fraction must be above 0 and below 1")
+        raise DataError(f"{setting}: a held-out fraction must be above 0 and below 1")
     if not tasks:
         raise DataError("cannot stratify a split without tasks")
     task = next((t for t in tasks if t.name == stratify_on), None) if stratify_on else tasks[0]
@@ -93,7 +96,7 @@ def stratified_holdout(
     where = f" in {source}" if source else ""
     fix_file = f"provide data.{held_name}_file"
     if n_held < 1 or n_rest < 1:
-        raise DataError(f"{n} rows{where} are too few to hold out data.{held_name}_fraction={fraction:g}; add rows or {fix_file}")
+        raise DataError(f"{n} rows{where} are too few to hold out {setting}; add rows or {fix_file}")
 
     _check_min_count(
         name,
@@ -101,7 +104,7 @@ def stratified_holdout(
         class_counts(y, len(labels) if labels else None),
         2,
         source,
-        f"a stratified {held_name} split (data.{held_name}_fraction={fraction:g}) needs at least 2 per class",
+        f"a stratified {held_name} split ({setting}) needs at least 2 per class",
         f"add examples of it, {fix_file}, or remove that class",
     )
     y1 = _single_column(y)
@@ -112,17 +115,17 @@ def stratified_holdout(
         present = int(np.count_nonzero(np.bincount(y1)))
         if n_held < present:
             raise DataError(
-                f"data.{held_name}_fraction={fraction:g} of {n} rows{where} holds out {n_held} rows, fewer than the "
+                f"{setting} of {n} rows{where} holds out {n_held} rows, fewer than the "
                 f"{present} classes of task {name!r}; raise data.{held_name}_fraction or {fix_file}"
             )
         if n_rest < present:
             raise DataError(
-                f"data.{held_name}_fraction={fraction:g} of {n} rows{where} leaves {n_rest} training rows, fewer than the "
+                f"{setting} of {n} rows{where} leaves {n_rest} training rows, fewer than the "
                 f"{present} classes of task {name!r}; lower data.{held_name}_fraction or {fix_file}"
             )
         rest, held = train_test_split(np.arange(n), test_size=n_held, random_state=seed, stratify=y1)
     if len(held) == 0 or len(rest) == 0:
-        raise DataError(f"{n} rows{where} are too few to hold out data.{held_name}_fraction={fraction:g}; add rows or {fix_file}")
+        raise DataError(f"{n} rows{where} are too few to hold out {setting}; add rows or {fix_file}")
     held_split = split.subset(np.sort(held))
     held_split.name = held_name
     return split.subset(np.sort(rest)), held_split

@@ -24,11 +24,13 @@ import lzma
 import math
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Callable, Iterable, Mapping, Sequence
+from typing import Any, Callable, Iterable, Mapping
 
 import numpy as np
+from omegaconf import DictConfig, OmegaConf
 
 from emotrain.config import TableTaskConfig
+from emotrain.data.splitting import stratified_holdout
 from emotrain.data.types import DataBundle, Split, TaskSpec
 from emotrain.errors import DataError
 
@@ -124,6 +126,7 @@ class RawTable:
     fetch: Callable[[str], list]
     unit: str = "line"
     header: bool = True
+    delimited: bool = False  # header / position hints only make sense for delimited text
     _cache: dict[str, list] = field(default_factory=dict, repr=False)
 
     def __len__(self) -> int:
@@ -147,12 +150,14 @@ class RawTable:
 
     def _available(self) -> str:
         shown = ", ".join(repr(n) for n in self.names[:50]) + (", ..." if len(self.names) > 50 else "")
-        if not self.header:
+        if self.delimited and not self.header:
             return f"available columns (0-based positions, data.header=false): {shown}"
         return f"available columns: {shown}"
 
     def _name_hint(self, name: str) -> str:
-        if self.header and name.isdigit() and self.unit == "line":
+        if not self.delimited:
+            return ""
+        if self.header and name.isdigit():
             return "; a position like this needs data.header=false (file without a header row)"
         if not self.header and not name.isdigit():
             return "; with data.header=false columns are named by position, e.g. data.text_column=0"
@@ -218,7 +223,7 @@ def read_delimited(
         raise DataError(f"{path} has no data rows ({what}); add examples or point {key} at another file")
     if names is None:
         names = [str(i) for i in range(width or 0)]
-    return RawTable(path, names, locations, _fetch_from_rows(names, rows), header=header)
+    return RawTable(path, names, locations, _fetch_from_rows(names, rows), header=header, delimited=True)
 
 
 def _check_unique_names(path: Path, names: list[str]) -> None:
@@ -282,7 +287,9 @@ def read_parquet(path: Path, *, header: bool = True, key: str = "the data path")
         df = pd.read_parquet(path)
     except Exception as exc:  # pyarrow raises several types for corrupt / non-Parquet files
         first = str(exc).splitlines()[0] if str(exc) else ""
-        raise DataError(f"{path}: cannot read as Parquet ({type(exc).__name__}: {first}); check the file or data.format") from None
+        raise DataError(
+            f"{path}: cannot read as Parquet ({type(exc).__name__}: {first}); check the file or data.format"
+        ) from None
     if len(df) == 0:
         raise DataError(f"{path} has no data rows; add examples or point {key} at another file")
     names = [str(i) for i in range(df.shape[1])] if not header else [str(c) for c in df.columns]
@@ -293,7 +300,6 @@ def read_parquet(path: Path, *, header: bool = True, key: str = "the data path")
         list(range(1, len(df) + 1)),
         lambda name: df.iloc[:, position[name]].tolist(),
         unit="row",
-        header=True,  # Parquet columns always have names (or positions); no header hints
     )
 
 
@@ -312,7 +318,8 @@ def resolve_format(path: Path, fmt: str | None) -> str:
     ext = suffixes[-1] if suffixes else ""
     if ext not in EXTENSION_FORMATS:
         raise DataError(
-            f"{path}: cannot tell the format from the extension {ext or '(none)'!r}; set data.format to one of {', '.join(FORMATS)}"
+            f"{path}: cannot tell the format from the extension {ext or '(none)'!r}; "
+            f"set data.format to one of {', '.join(FORMATS)}"
         )
     return EXTENSION_FORMATS[ext]
 
@@ -352,9 +359,20 @@ def read_table(
 
 
 def _describe(v: Any) -> str:
-    if v is None or (isinstance(v, float) and math.isnan(v)):
+    if v is None or (isinstance(v, (float, np.floating)) and math.isnan(v)):
         return "nothing (null)"
-    return f"a {type(v).__name__} ({v!r})"
+    if isinstance(v, (bool, np.bool_)):
+        kind = "a boolean"
+    elif isinstance(v, (int, float, np.integer, np.floating)):
+        kind = "a number"
+    elif isinstance(v, (list, tuple, np.ndarray)):
+        kind = "a list"
+    elif isinstance(v, dict):
+        kind = "an object"
+    else:
+        kind = f"a {type(v).__name__} value"
+    shown = repr(v if not isinstance(v, np.ndarray) else v.tolist())
+    return f"{kind} ({shown[:60]}{'...' if len(shown) > 60 else ''})"
 
 
 def text_cells(table: RawTable, column: str) -> list[str]:
@@ -362,7 +380,9 @@ def text_cells(table: RawTable, column: str) -> list[str]:
     values = table.column(column, "text column, data.text_column")
     for i, v in enumerate(values):
         if not isinstance(v, str):
-            raise DataError(f"{table.where(i)}: the text column {column!r} holds {_describe(v)}, not text; fix or remove that row")
+            raise DataError(
+                f"{table.where(i)}: the text column {column!r} holds {_describe(v)}, not text; fix or remove that row"
+            )
         if not v.strip():
             raise DataError(f"{table.where(i)}: empty text in column {column!r}; fill it in or remove that row")
     return list(values)
@@ -378,10 +398,16 @@ class TaskOptions:
     delimiter: str = ","
     labels: tuple[str, ...] | None = None
     ids: bool = False
+    # Where `labels` came from, for errors; the table loader's default is the config key.
+    labels_origin: str = ""
 
     @property
     def key(self) -> str:
         return f"data.tasks.{self.name}"
+
+    @property
+    def labels_where(self) -> str:
+        return self.labels_origin or f"{self.key}.labels"
 
 
 _TASK_KEYS = tuple(f.name for f in dataclasses.fields(TableTaskConfig))
@@ -430,14 +456,14 @@ def _scalar_token(v: Any) -> str:
     if v is None:
         return ""
     if isinstance(v, (bool, np.bool_)):
-        raise _CellProblem(f"holds a boolean ({v!r}), not a label")
+        raise _CellProblem(f"holds a boolean ({v!r}), not a label name or id")
     if isinstance(v, (int, np.integer)):
         return str(int(v))
     if isinstance(v, (float, np.floating)):
         if math.isnan(v):
             return ""
         return str(int(v)) if float(v).is_integer() else str(v)  # ints stored as floats by pandas
-    raise _CellProblem(f"holds {_describe(v)}, not a label")
+    raise _CellProblem(f"holds {_describe(v)}, not a label name or id")
 
 
 def _cell_tokens(v: Any, opts: TaskOptions) -> list[str]:
@@ -450,7 +476,7 @@ def _cell_tokens(v: Any, opts: TaskOptions) -> list[str]:
         tokens = [token] if token else []
     if not opts.multilabel and len(tokens) != 1:
         if not tokens:
-            raise _CellProblem("has no label; every row needs one")
+            raise _CellProblem("empty cell; every row needs a label")
         raise _CellProblem(f"holds {len(tokens)} labels but the task is single-label; set {opts.key}.multilabel=true")
     return tokens
 
@@ -459,11 +485,12 @@ def _id_to_name(token: str, opts: TaskOptions) -> str:
     try:
         value = int(token)
     except ValueError:
-        raise _CellProblem(f"label {token!r} is not an integer id ({opts.key}.ids=true); use ids or set ids=false") from None
+        raise _CellProblem(f"label {token!r} is not an integer id; use integer ids or set {opts.key}.ids=false") from None
     if opts.labels is not None:
         if not 0 <= value < len(opts.labels):
             raise _CellProblem(
-                f"label id {value} is out of range 0..{len(opts.labels) - 1} ({len(opts.labels)} names in {opts.key}.labels)"
+                f"label id {value} is out of range 0..{len(opts.labels) - 1} "
+                f"({len(opts.labels)} names in {opts.labels_where}); fix the id or the label list"
             )
         return opts.labels[value]
     if value < 0:
@@ -481,7 +508,7 @@ def label_tokens(table: RawTable, opts: TaskOptions) -> list[list[str]]:
             if opts.ids:
                 tokens = [_id_to_name(t, opts) for t in tokens]
         except _CellProblem as problem:
-            raise DataError(f"{table.where(i)}: column {opts.column!r} {problem}") from None
+            raise DataError(f"{table.where(i)}: label column {opts.column!r}: {problem}") from None
         out.append(tokens)
     return out
 
@@ -492,7 +519,9 @@ def label_set(opts: TaskOptions, train_tokens: Iterable[list[str]]) -> tuple[str
         return opts.labels
     seen = {t for tokens in train_tokens for t in tokens}
     if not seen:
-        raise DataError(f"task {opts.name!r}: no labels at all in the training split's column {opts.column!r}; check {opts.key}.column")
+        raise DataError(
+            f"task {opts.name!r}: no labels at all in the training split's column {opts.column!r}; check {opts.key}.column"
+        )
     return tuple(sorted(seen, key=int) if opts.ids else sorted(seen))
 
 
@@ -524,8 +553,8 @@ def encode_labels(
                 continue
             if opts.labels is not None and not opts.ids:
                 raise DataError(
-                    f"{table.where(i)}: unknown label {t!r} in column {opts.column!r}; {opts.key}.labels lists "
-                    f"{', '.join(task.labels)} - fix the cell or add the label to that list"
+                    f"{table.where(i)}: unknown label {t!r} in column {opts.column!r}; valid labels ({opts.labels_where}): "
+                    f"{', '.join(task.labels)} - fix the cell or add the label there"
                 )
             if is_train:  # cannot happen: the label set came from this split
                 raise DataError(f"{table.where(i)}: label {t!r} of task {opts.name!r} is not in its label set")
@@ -558,10 +587,6 @@ def _fraction(value: Any, key: str) -> float:
 
 def load_table(cfg: Any, root_dir: Path) -> DataBundle:
     """data=table: `cfg` is the data node (TableDataConfig fields, attribute access)."""
-    from omegaconf import DictConfig, OmegaConf
-
-    from emotrain.data.splitting import stratified_holdout  # splitting imports nothing from here
-
     tasks_cfg = cfg.tasks
     if isinstance(tasks_cfg, DictConfig):
         tasks_cfg = OmegaConf.to_container(tasks_cfg, resolve=True)
@@ -608,7 +633,9 @@ def load_table(cfg: Any, root_dir: Path) -> DataBundle:
     carve_test = "test" not in splits and test_fraction > 0
     carve_val = "val" not in splits
     if carve_val and val_fraction <= 0:
-        raise DataError("no validation split: set data.val_file, or data.val_fraction above 0 to hold out part of the training file")
+        raise DataError(
+            "no validation split: set data.val_file, or data.val_fraction above 0 to hold out part of the training file"
+        )
     if carve_val and carve_test and val_fraction + test_fraction >= 1:
         raise DataError(
             f"data.val_fraction + data.test_fraction = {val_fraction + test_fraction:g} leaves no training rows; lower them"
@@ -622,7 +649,14 @@ def load_table(cfg: Any, root_dir: Path) -> DataBundle:
     if carve_val:
         remaining = val_fraction / (1.0 - test_fraction) if carve_test else val_fraction
         splits["train"], splits["val"] = stratified_holdout(
-            splits["train"], specs, remaining, seed, stratify_on=stratify_on, held_name="val", source=train_source
+            splits["train"],
+            specs,
+            remaining,
+            seed,
+            stratify_on=stratify_on,
+            held_name="val",
+            source=train_source,
+            shown_fraction=val_fraction,
         )
         sources["val"] = f"{train_source} (held out: val_fraction={val_fraction:g}, split_seed={seed})"
 
@@ -632,7 +666,7 @@ def load_table(cfg: Any, root_dir: Path) -> DataBundle:
         val=splits["val"],
         test=splits.get("test"),
         primary_task=stratify_on,
-        sources=sources,
+        sources={split: sources[split] for split in SPLIT_NAMES if split in sources},
     )
 
 
