@@ -459,10 +459,11 @@ class CheckpointManager:
 # --------------------------------------------------------------------------- export
 
 
-def export_model(checkpoint_path, out_dir, tokenizer) -> Path:
+def export_model(checkpoint_path, out_dir, tokenizer, *, thresholds: dict | None = None) -> Path:
     """Slim deployment export: config.json, model.safetensors, tokenizer files and emotrain_model.json in `out_dir`.
 
     `checkpoint_path` may be a file, a checkpoints/ or a run directory (its best checkpoint if any, else last).
+    `thresholds` ({task: [per-label threshold]}) overrides the checkpoint's own (tuned after training ends).
     """
     from safetensors.torch import save_file
 
@@ -490,7 +491,7 @@ def export_model(checkpoint_path, out_dir, tokenizer) -> Path:
         "dropout": _cfg_get(cfg, "trainer.dropout", info.get("dropout") if info.get("dropout") is not None else 0.1),
         "max_length": _cfg_get(cfg, "backbone.max_length"),
         "preprocess": _cfg_get(cfg, "data.preprocess", {}),
-        "thresholds": extra.get("thresholds"),
+        "thresholds": thresholds if thresholds is not None else extra.get("thresholds"),
         "backbone": _cfg_get(cfg, "backbone.name"),
         "source_checkpoint": str(src.resolve()),
         "epoch": ckpt.get("epoch"),

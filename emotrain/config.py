@@ -220,6 +220,11 @@ class TrainerConfig:
     progress: bool = True  # tqdm bars
     log_every_steps: int = 50
     max_nonfinite_steps: int = 10  # consecutive non-finite losses before training stops
+    # Multi-label decisions: per-label thresholds tuned on val after training (maximising
+    # each label's F1, never below threshold_floor), unless `threshold` fixes one for all.
+    tune_thresholds: bool = True
+    threshold_floor: float = 0.05
+    threshold: Optional[float] = None
 
 
 @dataclass

@@ -104,26 +104,47 @@ def restore_rng_state(state: dict) -> None:
             log.warning("checkpoint has CUDA RNG states for %d devices, this machine has %d: CUDA RNG not restored", len(cuda), torch.cuda.device_count())
 
 
+KNOWN_LIMITS = [
+    "bitwise-identical results need the same hardware, library versions, thread count and precision",
+    "deterministic=false allows non-deterministic kernels (CUDA atomics, cuDNN autotuning): expect small run-to-run differences on GPU",
+    "bf16/fp16 autocast changes numerics: runs are only comparable at the same effective precision",
+    "a resume continues the same random stream only from checkpoints written by emotrain (RNG states are stored in them)",
+]
+
+
 def reproducibility_info(seed: int | None = None, deterministic: bool | None = None) -> dict:
-    """Seed, determinism, git commit/dirty flag, device and library versions in one dict."""
+    """Seed, determinism flags, git commit/dirty flag, device, library versions and known limits in one dict."""
     info = {"seed": seed, "deterministic": deterministic, "git": git_info(), "versions": library_versions()}
     info["device"] = torch.cuda.get_device_name(0) if torch.cuda.is_available() else "cpu"
+    info["flags"] = {
+        "torch_deterministic_algorithms": torch.are_deterministic_algorithms_enabled(),
+        "cudnn_deterministic": torch.backends.cudnn.deterministic,
+        "cudnn_benchmark": torch.backends.cudnn.benchmark,
+        "torch_num_threads": torch.get_num_threads(),
+        "PYTHONHASHSEED": os.environ.get("PYTHONHASHSEED"),
+    }
+    info["known_limits"] = list(KNOWN_LIMITS)
     return info
 
 
 def print_reproducibility_info(seed: int | None = None, deterministic: bool | None = None, file=None) -> dict:
-    """Print (to `file`, stdout by default) what a reader needs to reproduce a run; returns the same facts."""
+    """Log (or print to `file`) what a reader needs to reproduce a run; returns the same facts."""
     info = reproducibility_info(seed, deterministic)
     git = info["git"]
     commit = git["commit"] or "unknown (not a git checkout)"
     dirty = " (uncommitted changes)" if git["dirty"] else ""
     lines = [
-        "REPRODUCIBILITY",
+        "reproducibility:",
         f"  seed: {seed}",
         f"  deterministic: {deterministic}",
         f"  git commit: {commit}{dirty}",
         f"  device: {info['device']}",
     ]
+    lines += [f"  {k}: {v}" for k, v in info["flags"].items()]
     lines += [f"  {k}: {v}" for k, v in info["versions"].items() if v is not None]
-    print("\n".join(lines), file=file or sys.stdout)
+    lines += [f"  limit: {x}" for x in info["known_limits"]]
+    if file is None:
+        log.info("\n".join(lines))
+    else:
+        print("\n".join(lines), file=file)
     return info

@@ -34,7 +34,7 @@ from emotrain.io import write_json
 from emotrain.models.backbones import encoder_layers, load_encoder, load_tokenizer
 from emotrain.models.multitask import MultiTaskModel
 from emotrain.preprocessing import Preprocessor
-from emotrain.reproducibility import git_info, library_versions, set_seed
+from emotrain.reproducibility import git_info, library_versions, print_reproducibility_info, reproducibility_info, set_seed
 from emotrain.training.batching import encode_split, make_loader
 from emotrain.training.evaluation import EarlyStopping, evaluate
 from emotrain.training.freeze import apply_freeze, validate_freeze
@@ -42,6 +42,7 @@ from emotrain.training.losses import MultiTaskLoss, class_counts
 from emotrain.training.optim import build_optimizer
 from emotrain.training.precision import MixedPrecisionTrainer, get_device, resolve_precision
 from emotrain.training.schedulers import build_scheduler
+from emotrain.training.thresholds import tune_thresholds
 
 log = logging.getLogger("emotrain")
 
@@ -196,6 +197,7 @@ class TrainingRecipe:
         if cfg.trainer.num_threads:
             torch.set_num_threads(cfg.trainer.num_threads)
         set_seed(cfg.seed, cfg.deterministic)
+        print_reproducibility_info(cfg.seed, cfg.deterministic)
 
         # device and precision
         self.device, _ = get_device()
@@ -409,17 +411,39 @@ class TrainingRecipe:
         return stop
 
     # ------------------------------------------------------------------ save
+    def decision_thresholds(self) -> dict[str, list[float]]:
+        """Per-label thresholds for multi-label tasks, from the best weights' validation probabilities."""
+        t = self.cfg.trainer
+        if not any(task.multilabel for task in self.tasks):
+            return {}
+        if t.threshold is not None:
+            return tune_thresholds(self.tasks, {}, {}, fixed=t.threshold)
+        if not t.tune_thresholds:
+            return tune_thresholds(self.tasks, {}, {}, fixed=0.5)
+        _, _, val_probs = self.evaluate(self.val_data)
+        return tune_thresholds(self.tasks, val_probs, self.val_data.targets, floor=t.threshold_floor)
+
     def save(self) -> dict:
         cfg, state = self.cfg, self.state
         self.model.load_state_dict(self.best_weights)
+        thresholds = self.decision_thresholds()
         final_val = state.history[-1]["val"] if state.history else {}
-        test_metrics, test_per_class = {}, {}
+        test = {"metrics": {}, "per_class": {}, "at_0.5": {}}
+        confusion = {}
         if self.test_data is not None:
-            test_metrics, test_per_class, _ = self.evaluate(self.test_data)
+            test["metrics"], test["per_class"], test_probs = self.evaluate(self.test_data, thresholds=thresholds)
+            if thresholds:
+                test["at_0.5"], _, _ = self.evaluate(self.test_data)
+            for t in self.tasks:
+                if not t.multilabel:
+                    confusion[t.name] = {"labels": list(t.labels), "y_true": self.test_data.targets[t.name].tolist(), "y_pred": test_probs[t.name].argmax(-1).tolist()}
+            m = test["metrics"]
             log.info(
-                "test (best epoch %s): loss=%.4f macro_f1=%.4f %s", state.best_epoch, test_metrics["loss"], test_metrics["macro_f1"],
-                " ".join(f"{t.name}/macro_f1={test_metrics[f'{t.name}/macro_f1']:.4f}" for t in self.tasks),
+                "test (best epoch %s): loss=%.4f macro_f1=%.4f %s", state.best_epoch, m["loss"], m["macro_f1"],
+                " ".join(f"{t.name}/macro_f1={m[f'{t.name}/macro_f1']:.4f}" for t in self.tasks),
             )
+            if thresholds:
+                log.info("test macro_f1 at 0.5 thresholds: %s", " ".join(f"{t}={test['at_0.5'][f'{t}/macro_f1']:.4f}" for t in thresholds))
         results = {
             "status": "completed",
             "objective": {"metric": self.monitor, "mode": self.mode, "split": "val", "value": state.best_value},
@@ -429,8 +453,10 @@ class TrainingRecipe:
             "stopped_early": state.stopped_early,
             "best_val": state.best_metrics,
             "final_val": final_val,
-            "test": test_metrics,
-            "test_per_class": test_per_class,
+            "test": test["metrics"],  # multi-label tasks at the tuned thresholds
+            "test_at_0.5": test["at_0.5"],  # multi-label tasks at 0.5 (empty when no multi-label task)
+            "test_per_class": test["per_class"],
+            "thresholds": thresholds,
             "history": state.history,
             "lr_per_step": state.lr_history,
             "wall_time_s": round(time.time() - self.started, 3),
@@ -446,13 +472,37 @@ class TrainingRecipe:
             "primary_task": self.bundle.primary_task,
             "data_sizes": {"train": len(self.bundle.train), "val": len(self.bundle.val), "test": len(self.bundle.test) if self.bundle.test is not None else 0},
             "effective_batch_size": cfg.trainer.batch_size * self.accum,
+            "reproducibility": reproducibility_info(cfg.seed, cfg.deterministic),
             "git": git_info(),
             "versions": library_versions(),
             "config": self.resolved_config,
         }
+        if self.checkpoints is not None and cfg.checkpoint.export and self.checkpoints.best_path is not None:
+            from emotrain.checkpointing import export_model
+
+            results["model_dir"] = str(export_model(self.checkpoints.best_path, self.out_dir / "model", self.tokenizer, thresholds=thresholds))
+        if cfg.report:
+            self._write_report(results, test["per_class"], confusion)
         write_json(self.out_dir / "metrics.json", results)
         log.info("wrote %s (%.1fs)", self.out_dir / "metrics.json", results["wall_time_s"])
         return results
+
+    def _write_report(self, results: dict, per_class: dict, confusion: dict) -> None:
+        from emotrain.reports import generate_training_report
+
+        epochs = [h for h in self.state.history if h.get("epoch_done", True)]
+        generate_training_report(
+            [h["train_loss"] for h in epochs],
+            [h["val"]["loss"] for h in epochs],
+            None,
+            [h["val"] for h in epochs],
+            self.resolved_config,
+            self.out_dir / "report",
+            self.cfg.checkpoint.prefix,
+            per_class=per_class or None,
+            confusion=confusion or None,
+            extra={k: results[k] for k in ("best_epoch", "test", "test_at_0.5", "thresholds", "precision", "device", "wall_time_s", "reproducibility", "git", "versions")},
+        )
 
 
 def run(cfg: DictConfig, overrides: list[str] | None = None) -> dict:
