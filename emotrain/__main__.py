@@ -12,6 +12,7 @@ from hydra.types import RunMode
 from omegaconf import DictConfig
 
 import emotrain.config  # noqa: F401  (registers the structured-config schemas)
+from emotrain.callbacks import SweepJobFailed  # also registers the config resolvers
 from emotrain.errors import EmotrainError
 from emotrain.io import write_json
 
@@ -33,7 +34,9 @@ def main(cfg: DictConfig) -> float | None:
         write_json(out_dir / "status.json", {"status": "failed", "error": str(e), "overrides": overrides})
         log.error("%s", e)
         if hc.mode == RunMode.MULTIRUN:
-            raise  # Hydra runs the remaining jobs, then reports the failure
+            # Hydra runs the remaining jobs of the batch, then reports this one line (no
+            # traceback) and exits non-zero; Optuna records the trial as failed.
+            raise SweepJobFailed(f"emotrain: error in job {hc.job.num} ({out_dir}): {e}") from e
         print(f"emotrain: error: {e}", file=sys.stderr)
         sys.exit(2)
     except KeyboardInterrupt:

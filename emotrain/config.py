@@ -158,6 +158,9 @@ class FreezeConfig:
     mode: FreezeMode = FreezeMode.none
     layers: int = 0  # partial: embeddings + the first `layers` encoder layers
     every: int = 1  # progressive: unfreeze one more layer (from the top) every N epochs
+    # full: compute each text's pooled encoder output once and cache it on disk
+    # (paths.cache_dir/features), so epochs, folds and sweep jobs train only the heads.
+    feature_cache: bool = True
 
 
 @dataclass
@@ -216,6 +219,7 @@ class TrainerConfig:
     early_stopping: EarlyStoppingConfig = field(default_factory=EarlyStoppingConfig)
     eval_every_steps: Optional[int] = None  # null = once per epoch
     length_grouping: bool = True  # batches of similar length (less padding)
+    token_cache: bool = True  # token ids cached on disk (paths.cache_dir/tokens)
     num_threads: Optional[int] = None  # torch intra-op threads; null = torch default
     progress: bool = True  # tqdm bars
     log_every_steps: int = 50
@@ -246,6 +250,15 @@ class CheckpointConfig:
 
 
 @dataclass
+class LoggerConfig:
+    kind: str = "none"  # none | mlflow
+    tracking_uri: Optional[str] = None  # mlflow: default a local store in the launch directory
+    experiment: str = "emotrain"
+    run_name: Optional[str] = None  # default: the run directory's name
+    log_artifacts: bool = True
+
+
+@dataclass
 class PathsConfig:
     root_dir: str = MISSING
     output_dir: str = MISSING
@@ -265,6 +278,7 @@ class TrainConfig:
     trainer: TrainerConfig = MISSING
     cv: CVConfig = MISSING
     checkpoint: CheckpointConfig = MISSING
+    logger: LoggerConfig = MISSING
     seed: int = 42
     deterministic: bool = False
     resume: Optional[str] = None  # a checkpoint file, or a run directory (its last checkpoint)
@@ -284,6 +298,7 @@ _GROUP_SCHEMAS: dict[str, dict[str, type]] = {
     "trainer": {"base": TrainerConfig},
     "cv": {"base": CVConfig},
     "checkpoint": {"base": CheckpointConfig},
+    "logger": {"base": LoggerConfig},
 }
 
 

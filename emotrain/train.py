@@ -22,6 +22,7 @@ import time
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
+import numpy as np
 import torch
 from omegaconf import DictConfig, OmegaConf
 from tqdm.auto import tqdm
@@ -34,8 +35,10 @@ from emotrain.io import write_json
 from emotrain.models.backbones import encoder_layers, load_encoder, load_tokenizer
 from emotrain.models.multitask import MultiTaskModel
 from emotrain.preprocessing import Preprocessor
+from emotrain.tracking import make_tracker
 from emotrain.reproducibility import git_info, library_versions, print_reproducibility_info, reproducibility_info, set_seed
-from emotrain.training.batching import encode_split, make_loader
+from emotrain.training.batching import EncodedSplit, encode_texts, make_loader
+from emotrain.training.caches import FeatureCache, TokenCache, content_key, encoder_fingerprint
 from emotrain.training.evaluation import EarlyStopping, evaluate
 from emotrain.training.freeze import apply_freeze, validate_freeze
 from emotrain.training.losses import MultiTaskLoss, class_counts
@@ -203,6 +206,7 @@ class TrainingRecipe:
         self.device, _ = get_device()
         self.requested_precision = str(_value(cfg.precision.mode))
         precision, warning = resolve_precision(self.requested_precision, self.device)
+        self.mp_precision = precision
         if warning:
             log.warning(warning)
         log.info("device=%s precision=%s (requested %s)", self.device.type, precision, self.requested_precision)
@@ -224,13 +228,20 @@ class TrainingRecipe:
         # tokenizer, token ids (once), model
         self.tokenizer = load_tokenizer(cfg.backbone, self.root_dir)
         max_length = cfg.backbone.max_length
-        self.train_data = encode_split(self.tokenizer, bundle.train, max_length)
-        self.val_data = encode_split(self.tokenizer, bundle.val, max_length)
-        self.test_data = encode_split(self.tokenizer, bundle.test, max_length) if bundle.test is not None else None
+        token_cache = TokenCache(cfg.paths.cache_dir if cfg.trainer.token_cache else None)
+        started = time.perf_counter()
+        encoded = {
+            name: EncodedSplit(token_cache.encode(self.tokenizer, split.texts, max_length, encode_texts), split.targets)
+            for name, split in (("train", bundle.train), ("val", bundle.val), ("test", bundle.test)) if split is not None
+        }
+        log.info("tokenised %d texts in %.2fs", sum(len(d) for d in encoded.values()), time.perf_counter() - started)
+        self.train_data, self.val_data, self.test_data = encoded["train"], encoded["val"], encoded.get("test")
         self.pad_id = self.tokenizer.pad_token_id if self.tokenizer.pad_token_id is not None else 0
         encoder = load_encoder(cfg.backbone, self.root_dir, vocab_size=len(self.tokenizer))
         validate_freeze(cfg.freeze, len(encoder_layers(encoder)))
         self.model = MultiTaskModel(encoder, bundle.tasks, pooling=str(_value(cfg.backbone.pooling)), dropout=cfg.trainer.dropout).to(self.device)
+        self.frozen_encoder = str(_value(cfg.freeze.mode)) == "full"
+        self.features = self._cached_features(encoded) if self.frozen_encoder and cfg.freeze.feature_cache else None
 
         # loss, optimizer, schedule
         counts = class_counts(bundle.tasks, bundle.train.targets)
@@ -257,12 +268,41 @@ class TrainingRecipe:
             self.checkpoints = CheckpointManager(self.out_dir, cfg.checkpoint.prefix, cfg.checkpoint.save_top_k, self.monitor, self.mode)
         if cfg.resume:
             self._resume(cfg.resume)
+        self.tracker = make_tracker(cfg.logger, cfg.logger.run_name or self.out_dir.name, self.out_dir)
+        self.tracker.log_params(self.resolved_config)
         log.info(
             "model=%s params=%d batch=%d x accum %d = effective batch %d; %d optimiser steps",
             cfg.backbone.name, sum(p.numel() for p in self.model.parameters()), cfg.trainer.batch_size, self.accum,
             cfg.trainer.batch_size * self.accum, self.total_steps,
         )
         return self
+
+    def _cached_features(self, encoded: dict) -> dict:
+        """Pooled outputs of the frozen encoder for every split, computed once (and cached on disk)."""
+        cfg = self.cfg
+        key = content_key("features-v1", encoder_fingerprint(self.model), cfg.backbone.max_length, str(_value(cfg.backbone.pooling)), self.mp_precision, sorted(self.preprocessor.to_dict().items()))
+        cache = FeatureCache(cfg.paths.cache_dir, key)
+        mp = MixedPrecisionTrainer(self.device, self.mp_precision)
+        out = {}
+        self.model.eval()
+        for name, data in encoded.items():
+            texts = getattr(self.bundle, name).texts
+
+            @torch.no_grad()
+            def compute(indices, data=data):
+                subset = EncodedSplit([data.input_ids[i] for i in indices], {})
+                loader = make_loader(subset, self.pad_id, cfg.trainer.eval_batch_size, shuffle=False, group_by_length=True, seed=0)
+                feats = np.zeros((len(indices), self.model.encoder.config.hidden_size), dtype=np.float32)
+                for batch in tqdm(loader, desc=f"encoding {name}", leave=False, disable=not cfg.trainer.progress):
+                    with mp.autocast():
+                        pooled = self.model.encode(batch["input_ids"].to(self.device), batch["attention_mask"].to(self.device))
+                    feats[batch["indices"].numpy()] = pooled.float().cpu().numpy()
+                return feats
+
+            out[name], computed = cache.lookup(texts, compute)
+            log.info("frozen-encoder features for %s: %d from cache, %d computed", name, len(texts) - computed, computed)
+        self.model.train()
+        return out
 
     def _resume(self, path: str) -> None:
         from emotrain.checkpointing import load_checkpoint, resolve_checkpoint
@@ -289,7 +329,10 @@ class TrainingRecipe:
 
     # ------------------------------------------------------------------ train
     def evaluate(self, data, thresholds=None):
-        return evaluate(self.model, self.criterion, data, self.tasks, pad_token_id=self.pad_id, batch_size=self.cfg.trainer.eval_batch_size, device=self.device, mp=self.mp, thresholds=thresholds)
+        features = None
+        if self.features is not None:
+            features = next(self.features[name] for name, d in (("train", self.train_data), ("val", self.val_data), ("test", self.test_data)) if d is data)
+        return evaluate(self.model, self.criterion, data, self.tasks, pad_token_id=self.pad_id, batch_size=self.cfg.trainer.eval_batch_size, device=self.device, mp=self.mp, thresholds=thresholds, features=features)
 
     def train(self) -> "TrainingRecipe":
         cfg, state, mp = self.cfg, self.state, self.mp
@@ -303,6 +346,8 @@ class TrainingRecipe:
             self.trainable = apply_freeze(model, cfg.freeze, epoch)
             log.info("epoch %d: %d trainable parameters", epoch + 1, self.trainable)
             model.train()
+            if self.frozen_encoder:
+                model.encoder.eval()  # a frozen encoder runs without dropout, as its cached features do
             self.train_loader.batch_sampler.set_epoch(epoch)
             loss_sum, seen = torch.zeros((), device=device), 0
             epoch_started = time.perf_counter()
@@ -312,8 +357,11 @@ class TrainingRecipe:
                 mask = batch["attention_mask"].to(device, non_blocking=True)
                 targets = {k: v.to(device, non_blocking=True) for k, v in batch["targets"].items()}
 
+                pooled = None
+                if self.features is not None:  # frozen encoder: heads train on cached features
+                    pooled = torch.from_numpy(self.features["train"][batch["indices"].numpy()]).to(device, non_blocking=True)
                 with mp.autocast():
-                    logits = model(ids, mask)
+                    logits = model(ids, mask, pooled=pooled)
                 loss, _ = criterion(logits, targets)  # in fp32: the loss module upcasts logits
                 if not torch.isfinite(loss):
                     mp = self._nonfinite_loss(epoch)
@@ -335,6 +383,8 @@ class TrainingRecipe:
                     if cfg.trainer.eval_every_steps and state.global_step % cfg.trainer.eval_every_steps == 0:
                         stop = self._evaluate_and_checkpoint(float(loss_sum) / max(seen, 1), epoch_done=False)
                         model.train()
+                        if self.frozen_encoder:
+                            model.encoder.eval()
                     if stop or (cfg.trainer.max_steps and state.global_step >= cfg.trainer.max_steps):
                         break
 
@@ -390,6 +440,7 @@ class TrainingRecipe:
             state.best_value, state.best_epoch, state.best_metrics = value, state.epoch, metrics
             self.best_weights = copy.deepcopy(self.model.state_dict())
         stop = self.stopper.step(value)
+        self.tracker.log_metrics({"train_loss": train_loss, **{f"val/{k}": v for k, v in metrics.items()}, **{f"task_weight/{k}": v for k, v in self.criterion.task_weights().items()}}, step=state.global_step)
         log.info(
             "epoch %d step %d: train_loss=%.4f val_loss=%.4f val_macro_f1=%.4f %s=%.4f (best %.4f @ epoch %s)",
             state.epoch, state.global_step, train_loss, metrics["loss"], metrics["macro_f1"], self.monitor, value, state.best_value, state.best_epoch,
@@ -485,6 +536,9 @@ class TrainingRecipe:
             self._write_report(results, test["per_class"], confusion)
         write_json(self.out_dir / "metrics.json", results)
         log.info("wrote %s (%.1fs)", self.out_dir / "metrics.json", results["wall_time_s"])
+        self.tracker.log_metrics({f"test/{k}": v for k, v in results["test"].items()}, step=state.global_step)
+        self.tracker.log_artifacts(self.out_dir)
+        self.tracker.close()
         return results
 
     def _write_report(self, results: dict, per_class: dict, confusion: dict) -> None:
@@ -507,4 +561,11 @@ class TrainingRecipe:
 
 def run(cfg: DictConfig, overrides: list[str] | None = None) -> dict:
     """Train and evaluate one model. Returns the metrics written to metrics.json."""
-    return TrainingRecipe(cfg, overrides).setup().train().save()
+    recipe = TrainingRecipe(cfg, overrides)
+    try:
+        return recipe.setup().train().save()  # save() closes the tracker: FINISHED
+    except BaseException as e:
+        tracker = getattr(recipe, "tracker", None)  # absent when setup failed before creating it
+        if tracker is not None:
+            tracker.close(status="KILLED" if isinstance(e, KeyboardInterrupt) else "FAILED")
+        raise

@@ -114,8 +114,11 @@ class Collator:
 
 def make_loader(data: EncodedSplit, pad_token_id: int, batch_size: int, shuffle: bool, group_by_length: bool, seed: int) -> DataLoader:
     sampler = LengthGroupedBatchSampler(data.lengths, batch_size, shuffle, group_by_length, seed)
+    # Its own generator: an iterator otherwise draws a base seed from the global torch RNG,
+    # and then evaluations or cache fills would shift the dropout stream of training.
+    generator = torch.Generator().manual_seed(int(seed))
     # Workers would only re-pad in-memory arrays: not worth a process each.
-    return DataLoader(data, batch_sampler=sampler, collate_fn=Collator(data, pad_token_id), num_workers=0)
+    return DataLoader(data, batch_sampler=sampler, collate_fn=Collator(data, pad_token_id), num_workers=0, generator=generator)
 
 
 def targets_to_tensors(tasks: list[TaskSpec], targets: dict, device) -> dict[str, torch.Tensor]:

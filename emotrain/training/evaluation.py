@@ -11,8 +11,11 @@ from emotrain.training.metrics import evaluate_predictions
 
 
 @torch.no_grad()
-def evaluate(model, criterion, data: EncodedSplit, tasks: list[TaskSpec], *, pad_token_id: int, batch_size: int, device, mp, thresholds=None) -> tuple[dict, dict, dict]:
-    """Returns (flat metrics, per-class tables, {task: probabilities [n, C]} in input order)."""
+def evaluate(model, criterion, data: EncodedSplit, tasks: list[TaskSpec], *, pad_token_id: int, batch_size: int, device, mp, thresholds=None, features=None) -> tuple[dict, dict, dict]:
+    """Returns (flat metrics, per-class tables, {task: probabilities [n, C]} in input order).
+
+    `features`: cached pooled encoder outputs [n, H] (frozen encoder), used instead of the encoder.
+    """
     was_training = model.training
     model.eval()
     # Sorted by length, unshuffled: least padding; indices restore input order.
@@ -24,11 +27,12 @@ def evaluate(model, criterion, data: EncodedSplit, tasks: list[TaskSpec], *, pad
         ids = batch["input_ids"].to(device)
         mask = batch["attention_mask"].to(device)
         targets = {k: v.to(device) for k, v in batch["targets"].items()}
+        idx = batch["indices"].numpy()
+        pooled = torch.from_numpy(features[idx]).to(device) if features is not None else None
         with mp.autocast():
-            logits = model(ids, mask)
+            logits = model(ids, mask, pooled=pooled)
         _, parts = criterion({k: v.float() for k, v in logits.items()}, targets)
         size = ids.shape[0]
-        idx = batch["indices"].numpy()
         for t, p in model.probabilities(logits).items():
             probs[t][idx] = p.cpu().numpy()
         for t, v in parts.items():

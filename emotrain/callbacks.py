@@ -1,0 +1,166 @@
+"""Hydra callback for multiruns (conf/train.yaml: hydra.callbacks.sweep_summary) and config resolvers.
+
+- Before the first job: a basic-sweeper sweep over cv.fold is checked against cv.k (a fold
+  outside 0..k-1 or k < 2 stops the multirun with one line and exit status 2, before any
+  job starts; each job checks its own config again).
+- After a job that failed: a warning naming the job and pointing at `emotrain-summarize`.
+- After the last job: the same summary as `emotrain-summarize SWEEP_DIR` (printed, plus
+  the JSON/CSV files in the sweep dir). Turn off with hydra.callbacks.sweep_summary.enabled=false.
+
+Hydra skips `on_multirun_end` when a job failed (the sweeper re-raises the job's error),
+so `emotrain-summarize` is the source of truth for a sweep's results.
+
+Importing this module registers the `emotrain.optuna_direction` resolver used by
+conf/hparams_search/ (trainer.monitor_mode min|max -> Optuna's minimize|maximize).
+Keep this module light: Hydra imports it in the launching process and in every worker.
+"""
+
+from __future__ import annotations
+
+import logging
+import sys
+from pathlib import Path
+from typing import Any, Sequence
+
+from hydra.errors import CompactHydraException
+from hydra.experimental.callback import Callback
+from hydra.types import RunMode
+from omegaconf import DictConfig, OmegaConf
+
+log = logging.getLogger("emotrain")
+
+
+def _optuna_direction(mode: Any) -> str:
+    value = str(getattr(mode, "value", mode))
+    directions = {"min": "minimize", "max": "maximize", "minimize": "minimize", "maximize": "maximize"}
+    if value not in directions:
+        raise ValueError(f"trainer.monitor_mode={value}: use min or max")
+    return directions[value]
+
+
+def register_resolvers() -> None:
+    if not OmegaConf.has_resolver("emotrain.optuna_direction"):
+        OmegaConf.register_new_resolver("emotrain.optuna_direction", _optuna_direction)
+
+
+register_resolvers()
+
+
+class SweepConfigError(CompactHydraException):
+    """A sweep that cannot work as asked; Hydra prints the message as one line."""
+
+
+class SweepJobFailed(CompactHydraException):
+    """A multirun job stopped on a user error (EmotrainError); Hydra prints the message as one line.
+
+    The job directory keeps status.json with the reason; emotrain-summarize lists the job.
+    """
+
+
+def _as_int(value: Any) -> int | None:
+    try:
+        return int(str(value))
+    except (TypeError, ValueError):
+        return None
+
+
+def check_fold_sweep(config: DictConfig) -> None:
+    """Raise SweepConfigError when a basic-sweeper multirun asks for folds outside 0..cv.k-1 (or cv.k < 2)."""
+    from emotrain.summarize import FOLD_KEY, expand_basic_sweep, override_dict
+
+    sweeper = config.hydra.sweeper
+    if not str(sweeper.get("_target_", "")).endswith("BasicSweeper"):
+        return
+    try:
+        params = {str(k): str(sweeper.params[k]) for k in sweeper.params} if sweeper.get("params") else {}
+        jobs = expand_basic_sweep(params, list(config.hydra.overrides.task))
+    except Exception as e:  # glob sweeps and the like: the jobs check themselves
+        log.debug("fold check skipped: %s", e)
+        return
+    cv = config.get("cv")
+    base_kind = str(getattr(cv.kind, "value", cv.kind)) if cv is not None else None
+    small_k: dict[int, list[int]] = {}  # k -> job numbers
+    bad_folds: dict[int, list[tuple[int, int]]] = {}  # k -> (fold, job number)
+    for num, overrides in enumerate(jobs):
+        d = override_dict(overrides)
+        kind = d.get("cv", base_kind)
+        if kind != "kfold":
+            continue
+        # The composed cv.k is only known when the cv group itself is not being swept.
+        k = _as_int(d["cv.k"]) if "cv.k" in d else (_as_int(cv.k) if base_kind == "kfold" else None)
+        fold = _as_int(d.get(FOLD_KEY, cv.fold if base_kind == "kfold" else None))
+        if k is None:
+            continue
+        if k < 2:
+            small_k.setdefault(k, []).append(num)
+        elif fold is not None and not 0 <= fold < k:
+            bad_folds.setdefault(k, []).append((fold, num))
+    problems = []
+    for k, nums in small_k.items():
+        problems.append(f"cv.k={k} ({_jobs(nums)}): k-fold needs k >= 2")
+    for k, pairs in bad_folds.items():
+        folds = sorted({f for f, _ in pairs})
+        problems.append(
+            f"cv.fold={', '.join(map(str, folds))} ({_jobs([n for _, n in pairs])}) "
+            f"{'is' if len(folds) == 1 else 'are'} outside 0..{k - 1} for cv.k={k}; sweep 'cv.fold=range(${{cv.k}})' or use sweep=kfold"
+        )
+    if problems:
+        raise SweepConfigError("emotrain: error: " + "; ".join(problems) + " (no job was started)")
+
+
+def _jobs(nums: Sequence[int]) -> str:
+    return f"job{'s' if len(nums) > 1 else ''} {', '.join(map(str, nums))}"
+
+
+class SweepCallback(Callback):
+    """Checks fold sweeps up front, warns about failed jobs and summarises the multirun at its end."""
+
+    def __init__(self, enabled: bool = True, metrics: Sequence[str] | None = None, mode: str | None = None, check_folds: bool = True) -> None:
+        self.enabled = bool(enabled)
+        self.metrics = [str(m) for m in (metrics or [])]
+        self.mode = mode
+        self.check_folds = bool(check_folds)
+        self.sweep_dir: Path | None = None
+
+    def on_multirun_start(self, config: DictConfig, **kwargs: Any) -> None:
+        # Resolved once here: the same ${now:} values the sweeper uses (Hydra caches them per config).
+        self.sweep_dir = Path(str(config.hydra.sweep.dir))
+        if self.check_folds:
+            try:
+                check_fold_sweep(config)
+            except SweepConfigError as e:
+                # Hydra turns a callback's exceptions into warnings and carries on; SystemExit
+                # is not an Exception, so this stops the multirun before its first job.
+                print(e, file=sys.stderr, flush=True)
+                raise SystemExit(2) from None
+
+    def on_job_end(self, config: DictConfig, job_return: Any, **kwargs: Any) -> None:
+        from hydra.core.utils import JobStatus
+
+        if config.hydra.mode != RunMode.MULTIRUN or job_return.status != JobStatus.FAILED:
+            return
+        sweep_dir = self.sweep_dir or config.hydra.sweep.dir
+        error = job_return._return_value
+        error = error.__cause__ or error
+        log.warning(
+            "job %s failed (%s: %s); Hydra skips the end-of-sweep summary when a job fails: run `emotrain-summarize %s` after the sweep",
+            config.hydra.job.num, type(error).__name__, error, sweep_dir,
+        )
+
+    def on_multirun_end(self, config: DictConfig, **kwargs: Any) -> None:
+        if not self.enabled:
+            return
+        from emotrain.summarize import SummaryError, summarize
+
+        sweep_dir = self.sweep_dir or Path(str(config.hydra.sweep.dir))
+        try:
+            summary = summarize(sweep_dir, self.metrics or None, self.mode)
+        except SummaryError as e:
+            print(f"emotrain-summarize: {e}", flush=True)
+            return
+        except Exception as e:  # never fail a finished sweep over its summary
+            print(f"emotrain-summarize: summary failed ({type(e).__name__}: {e}); run `emotrain-summarize {sweep_dir}`", flush=True)
+            return
+        print(summary.text, flush=True)
+        for path in summary.files:
+            print(f"wrote {path}", flush=True)

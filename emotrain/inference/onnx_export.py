@@ -1,0 +1,462 @@
+"""Export a trained model to a deployment bundle: ONNX (fp32 + int8), tokenizer, bundle.json.
+
+    python -m emotrain.export checkpoint=RUN_DIR [out=DIR] [quantize=true] [opset=17] ...
+
+The export checks itself before anything is written under the final name: on a set of sample
+texts (built-in edge cases plus the packaged sample data, or ``samples=FILE``)
+
+- the bundle's tokenizer must give the training tokenizer's token ids;
+- the fp32 ONNX logits must match PyTorch within ``atol`` (max abs difference, default 1e-4);
+- the int8 model's decisions (argmax for multi-class tasks, the label set at the bundle's thresholds
+  for multi-label ones) must agree with the fp32 model's on at least ``min_agreement`` of the
+  (text, task) pairs (default 0.9).
+
+A failed check raises :class:`ExportCheckError` and leaves no bundle behind. The figures go into
+``bundle.json["checks"]``.
+
+The graph: inputs ``input_ids``, ``attention_mask`` (and ``token_type_ids`` for encoders that take
+them, e.g. BERT: zeros), int64 ``[batch, sequence]`` with both axes dynamic; one float output per
+task, named after the task: logits ``[batch, num_labels]``. Exported with the TorchScript-based
+exporter (``dynamo=False``, no onnxscript needed), opset 17 by default.
+"""
+
+from __future__ import annotations
+
+import csv
+import datetime as _dt
+import inspect
+import logging
+import os
+import shutil
+import tempfile
+import uuid
+import warnings
+from contextlib import contextmanager
+from pathlib import Path
+from typing import Iterable
+
+import numpy as np
+
+from emotrain.errors import CheckpointError, EmotrainError
+from emotrain.inference.bundle import (
+    BUNDLE_FORMAT,
+    BUNDLE_FORMAT_VERSION,
+    BUNDLE_META,
+    FP32_FILE,
+    INT8_FILE,
+    TOKENIZER_FILE,
+    ExportCheckError,
+    TaskInfo,
+    one_line,
+)
+from emotrain.inference.engine import OnnxBackend, TorchBackend, _activate
+from emotrain.io import write_json
+from emotrain.preprocessing import Preprocessor
+
+log = logging.getLogger("emotrain.inference")
+
+DEFAULT_OPSET = 17
+DEFAULT_ATOL = 1e-4
+DEFAULT_MIN_AGREEMENT = 0.9
+PYTORCH_FILES = ("config.json", "model.safetensors", "emotrain_model.json")
+CHECK_BATCH = 8
+
+__all__ = ["DEFAULT_ATOL", "DEFAULT_MIN_AGREEMENT", "DEFAULT_OPSET", "SAMPLE_TEXTS", "default_out_dir", "export_bundle", "sample_texts"]
+
+# Edge cases the export must survive: empty, emoji, other scripts, PII, long, markup.
+SAMPLE_TEXTS = [
+    "I am so happy for you, congratulations!!",
+    "This is the worst day of my life.",
+    "Wow, I did not see that coming at all.",
+    "Ugh, that smell is disgusting.",
+    "I'm scared of what happens next...",
+    "Thanks a lot, that really helped me out.",
+    "ok",
+    "",
+    "   ",
+    "😂😂😂 best thing I've seen all week",
+    "I love this ❤️🔥 so much",
+    "Je suis tellement contente aujourd'hui !",
+    "Das ist wirklich ärgerlich.",
+    "これは本当に悲しいです。",
+    "我今天很高兴",
+    "Это просто ужасно",
+    "مرحبا، كيف حالك؟",
+    "Email me at jane.doe@example.com or call 555-123-4567.",
+    "[NAME] is the GOAT, no doubt about it",
+    "lol what?? no way!!!",
+    "I guess it's fine. Whatever.",
+    "Not sure how I feel about this, honestly.",
+    "Check https://example.com/page?id=42 for details",
+    "I can't believe they did that to her, it's heartbreaking.",
+    "You're an idiot if you think that's going to work.",
+    "So proud of my little sister graduating today!",
+    "Hmm, interesting. Tell me more.",
+    "This is hilarious 🤣 " * 5,
+    "The quick brown fox jumps over the lazy dog. " * 30,
+    "I'm really sorry about your loss. Sending love.",
+]
+
+
+def sample_texts(extra: Iterable[str] | None = None, limit: int = 160) -> list[str]:
+    """The built-in edge cases plus up to `limit` texts of the packaged sample data set (or `extra`)."""
+    texts = list(SAMPLE_TEXTS)
+    if extra is not None:
+        return texts + [t for t in extra if isinstance(t, str)]
+    sample_dir = Path(__file__).resolve().parents[1] / "data" / "resources" / "sample"
+    more: list[str] = []
+    for name in ("test.csv", "val.csv"):
+        try:
+            with open(sample_dir / name, encoding="utf-8", newline="") as fh:
+                more.extend(row["text"] for row in csv.DictReader(fh) if row.get("text"))
+        except (OSError, KeyError, csv.Error):
+            continue
+    return texts + more[:limit]
+
+
+def _read_samples(path) -> list[str]:
+    path = Path(path)
+    try:
+        lines = path.read_text(encoding="utf-8").splitlines()
+    except (OSError, UnicodeDecodeError) as e:
+        raise EmotrainError(f"samples={path}: cannot read it ({type(e).__name__}); pass a UTF-8 text file, one text per line") from None
+    texts = [line for line in lines if line.strip()]
+    if not texts:
+        raise EmotrainError(f"samples={path}: no texts in it; pass a UTF-8 text file, one text per line")
+    return texts
+
+
+# --------------------------------------------------------------------------- output directory
+
+
+def default_out_dir(source) -> Path:
+    """Where a bundle goes by default: ``<run dir>/bundle``, or ``<checkpoint stem>_bundle`` next to a checkpoint file."""
+    source = Path(source)
+    if source.is_file():
+        return source.parent / f"{source.stem}_bundle"
+    if source.name == "checkpoints" or (source / "emotrain_model.json").is_file():
+        parent = source.parent
+        if source.name == "checkpoints" or (parent / "checkpoints").is_dir() or (parent / "metrics.json").is_file():
+            return parent / "bundle"
+        return source.parent / f"{source.name}_bundle"
+    return source / "bundle"
+
+
+def _check_out_dir(out: Path) -> None:
+    if out.exists():
+        if not out.is_dir():
+            raise EmotrainError(f"out={out}: exists and is not a directory; choose another output directory")
+        if any(out.iterdir()) and not (out / BUNDLE_META).is_file():
+            raise EmotrainError(f"out={out}: exists, is not empty and is not a bundle; choose another directory (an existing bundle is replaced)")
+
+
+def _install(staging: Path, out: Path) -> None:
+    """Move the finished staging directory to `out`, replacing an old bundle there."""
+    _check_out_dir(out)
+    if not out.exists():
+        os.replace(staging, out)
+        return
+    old = out.parent / f".{out.name}.old-{uuid.uuid4().hex[:8]}"
+    os.replace(out, old)
+    try:
+        os.replace(staging, out)
+    except BaseException:
+        os.replace(old, out)
+        raise
+    shutil.rmtree(old, ignore_errors=True)
+
+
+# --------------------------------------------------------------------------- ONNX
+
+
+def _uses_token_type_ids(model) -> bool:
+    encoder = model.encoder
+    try:
+        params = inspect.signature(encoder.forward).parameters
+    except (TypeError, ValueError):
+        return False
+    return "token_type_ids" in params and int(getattr(encoder.config, "type_vocab_size", 0) or 0) > 0
+
+
+def _export_onnx(model, path: Path, tasks: list[TaskInfo], opset: int, token_type_ids: bool, example_ids: np.ndarray, example_mask: np.ndarray) -> None:
+    """Trace `model` to `path`: (input_ids, attention_mask[, token_type_ids]) -> one logits output per task."""
+    import torch
+
+    names = [t.name for t in tasks]
+
+    class OnnxWrapper(torch.nn.Module):
+        def __init__(self, inner):
+            super().__init__()
+            self.inner = inner
+
+        def forward(self, input_ids, attention_mask, token_type_ids=None):
+            out = self.inner(input_ids, attention_mask, token_type_ids)
+            return tuple(out[n] for n in names)
+
+    # Eval mode on the wrapper too: torch 2.13's exporter traces the module in the mode it is in.
+    wrapper = OnnxWrapper(model).eval()
+    ids = torch.from_numpy(example_ids)
+    mask = torch.from_numpy(example_mask)
+    args = (ids, mask)
+    inputs = ["input_ids", "attention_mask"]
+    if token_type_ids:
+        args = (ids, mask, torch.zeros_like(ids))
+        inputs.append("token_type_ids")
+    axes = {n: {0: "batch", 1: "sequence"} for n in inputs}
+    axes.update({n: {0: "batch"} for n in names})
+    try:
+        with warnings.catch_warnings(), torch.no_grad():
+            warnings.simplefilter("ignore")
+            torch.onnx.export(
+                wrapper, args, str(path), dynamo=False, opset_version=int(opset), input_names=inputs, output_names=names,
+                dynamic_axes=axes, do_constant_folding=True, training=torch.onnx.TrainingMode.EVAL,
+            )
+    except Exception as e:
+        raise EmotrainError(f"ONNX export failed (opset={opset}): {type(e).__name__}: {one_line(e, 200)}") from None
+
+
+@contextmanager
+def _quiet_root_logger():
+    """onnxruntime.quantization logs advice through the root logger; keep the CLI output clean."""
+    root = logging.getLogger()
+    level = root.level
+    root.setLevel(logging.ERROR)
+    try:
+        yield
+    finally:
+        root.setLevel(level)
+
+
+def _quantize(fp32: Path, int8: Path, per_channel: bool = False) -> dict:
+    """onnxruntime dynamic quantization: int8 weights, activations quantized on the fly."""
+    from onnxruntime.quantization import QuantType, quantize_dynamic
+
+    with _quiet_root_logger(), warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        quantize_dynamic(str(fp32), str(int8), weight_type=QuantType.QInt8, per_channel=bool(per_channel))
+    return {"method": "onnxruntime.quantization.quantize_dynamic", "weight_type": "QInt8", "per_channel": bool(per_channel)}
+
+
+# --------------------------------------------------------------------------- checks
+
+
+def _batches(encodings, pad_id: int, batch_size: int):
+    """Unsorted batches (so padding inside a batch is exercised), padded to the longest."""
+    for start in range(0, len(encodings), batch_size):
+        part = encodings[start : start + batch_size]
+        width = max(len(e) for e in part)
+        ids = np.full((len(part), width), pad_id, dtype=np.int64)
+        mask = np.zeros((len(part), width), dtype=np.int64)
+        for row, seq in enumerate(part):
+            ids[row, : len(seq)] = seq
+            mask[row, : len(seq)] = 1
+        yield ids, mask
+
+
+def _logits(backend, batches, tasks) -> dict[str, np.ndarray]:
+    parts: dict[str, list] = {t.name: [] for t in tasks}
+    for ids, mask in batches:
+        out = backend.run(ids, mask)
+        for t in tasks:
+            parts[t.name].append(np.asarray(out[t.name], dtype=np.float32))
+    return {k: np.concatenate(v) for k, v in parts.items()}
+
+
+def _decisions(tasks, logits, thresholds) -> dict[str, np.ndarray]:
+    out = {}
+    for t in tasks:
+        p = _activate(logits[t.name], t.multilabel)
+        out[t.name] = (p >= np.asarray(thresholds[t.name], dtype=np.float32)) if t.multilabel else p.argmax(-1)
+    return out
+
+
+def _self_check(src, staging: Path, texts: list[str], *, quantized: bool, atol: float, min_agreement: float, pad_id: int) -> dict:
+    from tokenizers import Tokenizer
+
+    tasks = src.tasks
+    pre = Preprocessor.from_dict(src.meta.get("preprocess") or {})
+    prepared = [pre(t) for t in texts]
+    tok = Tokenizer.from_file(str(staging / TOKENIZER_FILE))
+    tok.no_padding()
+    tok.enable_truncation(max_length=src.max_length)
+    encodings = [e.ids for e in tok.encode_batch(prepared)]
+    training = src.tokenizer(prepared, truncation=True, max_length=src.max_length, padding=False)["input_ids"]
+    mismatch = [i for i, (a, b) in enumerate(zip(encodings, training)) if list(a) != list(b)]
+    if mismatch:
+        i = mismatch[0]
+        raise ExportCheckError(
+            f"the bundle's {TOKENIZER_FILE} tokenizes {len(mismatch)} of {len(texts)} sample texts differently from the training tokenizer "
+            f"(e.g. sample {i}: {one_line(texts[i], 40)!r}); the bundle would not see what the model was trained on"
+        )
+    batches = list(_batches(encodings, pad_id, CHECK_BATCH)) + list(_batches(encodings[:3], pad_id, 1))
+    reference = _logits(TorchBackend(src.model), batches, tasks)
+    fp32 = _logits(OnnxBackend(staging / FP32_FILE, tasks), batches, tasks)
+    diffs = {t.name: float(np.abs(fp32[t.name] - reference[t.name]).max()) for t in tasks}
+    worst = max(diffs, key=diffs.get)
+    checks = {
+        "samples": len(texts),
+        "fp32": {"max_abs_diff_logits": diffs[worst], "per_task": diffs, "atol": atol, "passed": diffs[worst] <= atol},
+    }
+    if not diffs[worst] <= atol:  # also catches NaN
+        raise ExportCheckError(
+            f"fp32 ONNX logits differ from PyTorch by {diffs[worst]:.3g} (task {worst!r}) on {len(texts)} sample texts, "
+            f"more than atol={atol:g}; the exported graph does not reproduce the model - no bundle written"
+        )
+    if quantized:
+        int8 = _logits(OnnxBackend(staging / INT8_FILE, tasks), batches, tasks)
+        d32 = _decisions(tasks, fp32, src.thresholds)
+        d8 = _decisions(tasks, int8, src.thresholds)
+        per_task = {}
+        agree = total = 0
+        for t in tasks:
+            same = (d32[t.name] == d8[t.name]).all(-1) if t.multilabel else d32[t.name] == d8[t.name]
+            per_task[t.name] = float(same.mean())
+            agree += int(same.sum())
+            total += int(same.size)
+        share = agree / max(total, 1)
+        prob_diff = max(float(np.abs(_activate(int8[t.name], t.multilabel) - _activate(fp32[t.name], t.multilabel)).max()) for t in tasks)
+        checks["int8"] = {
+            "decision_agreement": share,
+            "per_task": per_task,
+            "min_agreement": min_agreement,
+            "max_abs_diff_scores": prob_diff,
+            "definition": "share of (text, task) pairs where int8 and fp32 decide the same: argmax for multi-class, the label set at the bundle's thresholds for multi-label",
+            "passed": share >= min_agreement,
+        }
+        if not share >= min_agreement:
+            raise ExportCheckError(
+                f"int8 decisions agree with fp32 on only {share:.1%} of {total} (text, task) pairs ({', '.join(f'{k} {v:.1%}' for k, v in per_task.items())}), "
+                f"below min_agreement={min_agreement:g}; export with quantize=false, or lower min_agreement knowingly - no bundle written"
+            )
+    return checks
+
+
+# --------------------------------------------------------------------------- export
+
+
+def export_bundle(
+    checkpoint,
+    out=None,
+    *,
+    quantize: bool = True,
+    opset: int = DEFAULT_OPSET,
+    check: bool = True,
+    atol: float = DEFAULT_ATOL,
+    min_agreement: float = DEFAULT_MIN_AGREEMENT,
+    samples=None,
+    pytorch: bool = False,
+    tokenizer=None,
+    which: str = "best",
+    per_channel: bool = False,
+) -> Path:
+    """Export `checkpoint` (a run dir - its best checkpoint -, a checkpoint file, or a model/ export) to a bundle.
+
+    out: the bundle directory (default :func:`default_out_dir`); an existing bundle there is replaced,
+    any other non-empty directory is refused. samples: a list of texts or a text file (one per line)
+    for the self-check (default :func:`sample_texts`). pytorch: also write config.json,
+    model.safetensors and emotrain_model.json (the PyTorch engine can then load the bundle).
+    tokenizer: a tokenizer directory for a bare checkpoint whose backbone tokenizer cannot be found.
+    Returns the bundle directory. Raises ExportCheckError (nothing written) when a check fails.
+    """
+    from emotrain.checkpointing import export_model
+    from emotrain.inference.source import load_source
+    from emotrain.reproducibility import library_versions
+
+    if not isinstance(opset, int) or isinstance(opset, bool) or not 13 <= opset <= 20:
+        raise EmotrainError(f"opset={opset!r}: use an ONNX opset between 13 and 20 (default {DEFAULT_OPSET})")
+    if not (isinstance(atol, (int, float)) and atol > 0):
+        raise EmotrainError(f"atol={atol!r}: must be a positive number (default {DEFAULT_ATOL:g})")
+    if not (isinstance(min_agreement, (int, float)) and 0.0 <= min_agreement <= 1.0):
+        raise EmotrainError(f"min_agreement={min_agreement!r}: must be a share in [0, 1] (default {DEFAULT_MIN_AGREEMENT:g})")
+    source_path = Path(checkpoint)
+    out = Path(out) if out is not None else default_out_dir(source_path)
+    _check_out_dir(out)
+    if isinstance(samples, (str, os.PathLike)):
+        texts = sample_texts(_read_samples(samples))
+    else:
+        texts = sample_texts(samples)
+
+    src = load_source(source_path, which=which, tokenizer=tokenizer)
+    hf_tok = src.tokenizer
+    if not getattr(hf_tok, "is_fast", False) or getattr(hf_tok, "backend_tokenizer", None) is None:
+        raise CheckpointError(f"{source_path}: the tokenizer is not a fast tokenizer; the bundle needs a {TOKENIZER_FILE}")
+    pad_id = hf_tok.pad_token_id if hf_tok.pad_token_id is not None else 0
+    names = [t.name for t in src.tasks]
+    clash = [n for n in names if n in ("input_ids", "attention_mask", "token_type_ids", "tasks", "truncated")]
+    if clash:
+        raise CheckpointError(f"task name {clash[0]!r} is reserved (an ONNX input or result key); rename the task and retrain")
+    with_tt = _uses_token_type_ids(src.model)
+
+    out.parent.mkdir(parents=True, exist_ok=True)
+    staging = Path(tempfile.mkdtemp(prefix=f".{out.name}.", suffix=".tmp", dir=out.parent))
+    try:
+        # Tokenizer files first: the trace's example input comes from the bundle's own tokenizer.
+        hf_tok.save_pretrained(str(staging))
+        if not (staging / TOKENIZER_FILE).is_file():
+            hf_tok.backend_tokenizer.save(str(staging / TOKENIZER_FILE))
+        example = hf_tok(["Hello there, how are you?", "I'm fine"], padding=True, return_tensors="np")
+        _export_onnx(
+            src.model, staging / FP32_FILE, src.tasks, opset, with_tt,
+            np.asarray(example["input_ids"], dtype=np.int64), np.asarray(example["attention_mask"], dtype=np.int64),
+        )
+        quantization = _quantize(staging / FP32_FILE, staging / INT8_FILE, per_channel) if quantize else None
+        checks = {"skipped": True}
+        if check:
+            checks = _self_check(src, staging, texts, quantized=bool(quantize), atol=float(atol), min_agreement=float(min_agreement), pad_id=pad_id)
+            if quantize:
+                log.info("export check: fp32 max |logit diff| %.2e (atol %g); int8 decision agreement %.1f%% (min %.0f%%)",
+                         checks["fp32"]["max_abs_diff_logits"], atol, 100 * checks["int8"]["decision_agreement"], 100 * min_agreement)
+            else:
+                log.info("export check: fp32 max |logit diff| %.2e (atol %g)", checks["fp32"]["max_abs_diff_logits"], atol)
+        else:
+            log.warning("export checks skipped (check=false): the bundle is not verified against PyTorch")
+        if pytorch:
+            if (source_path / "emotrain_model.json").is_file():
+                for name in PYTORCH_FILES:
+                    shutil.copy2(source_path / name, staging / name)
+            else:
+                export_model(src.checkpoint, staging, hf_tok, thresholds=src.thresholds)
+        files = {"fp32": FP32_FILE}
+        if quantize:
+            files["int8"] = INT8_FILE
+        import onnx
+
+        meta = {
+            "format": BUNDLE_FORMAT,
+            "format_version": BUNDLE_FORMAT_VERSION,
+            "tasks": [t.to_dict() for t in src.tasks],
+            "primary_task": src.primary_task,
+            "thresholds": src.thresholds,
+            "thresholds_source": src.thresholds_source,
+            "preprocess": Preprocessor.from_dict(src.meta.get("preprocess") or {}).to_dict(),
+            "max_length": src.max_length,
+            "pooling": src.meta.get("pooling"),
+            "tokenizer": {"file": TOKENIZER_FILE, "pad_token": hf_tok.pad_token, "pad_token_id": pad_id, "truncation": "right, to max_length tokens"},
+            "onnx": {
+                "files": files,
+                "opset": opset,
+                "inputs": ["input_ids", "attention_mask"] + (["token_type_ids"] if with_tt else []),
+                "outputs": names,
+                "output_kind": "logits: softmax for multi-class tasks, sigmoid per label for multi-label tasks",
+                "dynamic_axes": ["batch", "sequence"],
+                "quantization": quantization,
+                "sizes_bytes": {f: (staging / f).stat().st_size for f in files.values()},
+            },
+            "checks": checks,
+            "pytorch_files": bool(pytorch),
+            "backbone": src.meta.get("backbone"),
+            "source": str(source_path.resolve()),
+            "source_checkpoint": str(src.checkpoint) if src.checkpoint else src.meta.get("source_checkpoint"),
+            "epoch": src.meta.get("epoch"),
+            "val_loss": src.meta.get("val_loss"),
+            "git": src.meta.get("git"),
+            "versions": src.meta.get("versions"),
+            "export_versions": {**library_versions(), "onnx": onnx.__version__},
+            "exported_at": _dt.datetime.now().astimezone().isoformat(timespec="seconds"),
+        }
+        write_json(staging / BUNDLE_META, meta)
+        _install(staging, out)
+    finally:
+        shutil.rmtree(staging, ignore_errors=True)
+    log.info("wrote bundle %s (%s)", out, ", ".join(sorted(files.values())))
+    return out
