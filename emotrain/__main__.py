@@ -23,13 +23,18 @@ CONFIG_DIR = str(Path(__file__).resolve().parent.parent / "conf")
 
 @hydra.main(version_base="1.3", config_path=CONFIG_DIR, config_name="train")
 def main(cfg: DictConfig) -> float | None:
-    from emotrain.train import run  # heavy imports after Hydra has parsed the command line
+    from emotrain.train import TrainingInterrupted, run  # heavy imports after Hydra has parsed the command line
 
     hc = HydraConfig.get()
     overrides = list(hc.overrides.task)
     out_dir = Path(hc.runtime.output_dir)
     try:
         results = run(cfg, overrides=overrides)
+    except TrainingInterrupted as e:
+        write_json(out_dir / "status.json", {"status": "interrupted", "checkpoint": str(e.checkpoint), "message": str(e), "overrides": overrides})
+        log.warning("%s", e)
+        print(f"emotrain: {e}", file=sys.stderr)
+        sys.exit(130)  # the shell's code for "ended by Ctrl-C"
     except EmotrainError as e:
         write_json(out_dir / "status.json", {"status": "failed", "error": str(e), "overrides": overrides})
         log.error("%s", e)

@@ -140,8 +140,8 @@ class SweepCallback(Callback):
         if config.hydra.mode != RunMode.MULTIRUN or job_return.status != JobStatus.FAILED:
             return
         sweep_dir = self.sweep_dir or config.hydra.sweep.dir
-        error = job_return._return_value
-        error = error.__cause__ or error
+        error = getattr(job_return, "_return_value", None)
+        error = getattr(error, "__cause__", None) or error
         log.warning(
             "job %s failed (%s: %s); Hydra skips the end-of-sweep summary when a job fails: run `emotrain-summarize %s` after the sweep",
             config.hydra.job.num, type(error).__name__, error, sweep_dir,

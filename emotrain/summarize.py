@@ -286,6 +286,14 @@ def _fmt(x: Any) -> str:
     return "n/a" if x is None else NUM.format(x)
 
 
+def _short(value: str) -> str:
+    """An override value for display: long floats (Optuna's samples) to 4 significant digits."""
+    if len(value) > 10 and re.fullmatch(r"[-+]?(\d+\.\d*|\.\d+|\d+)([eE][-+]?\d+)?", value) and not value.lstrip("+-").isdigit():
+        short = f"{float(value):.4g}"
+        return short if len(short) < len(value) else value
+    return value
+
+
 def _pm(stats: dict) -> str:
     return f"{_fmt(stats['mean'])} ± {_fmt(stats['std'])}"
 
@@ -320,6 +328,7 @@ class Summary:
     text: str
     data: dict
     complete: bool
+    table: Any = None  # the CSV's rows (a DataFrame)
     files: list[Path] = field(default_factory=list)
 
     @property
@@ -389,7 +398,7 @@ def summarize(
     else:
         summary = _sweep_summary(sweep_dir, jobs, groups, metrics, mode, objective, stamp, aggregate)
     if write:
-        _write(summary, sweep_dir, stamp)
+        write_summary(summary, sweep_dir)
     return summary
 
 
@@ -412,8 +421,11 @@ def _kfold_summary(sweep_dir: Path, jobs: list[Job], metrics, mode, objective, s
 
     cv = _group_kfold(jobs) or {}
     k = int(cv.get("k", 0) or 0)
-    chosen = list(dict.fromkeys(["loss", *(metrics or [m for m in ([objective.get("metric")] if objective else []) if m != "loss"] or ["macro_f1"])]))
-    chosen = [m for m in chosen if m == "loss" or not available_metrics(jobs) or m in available_metrics(jobs)]
+    # Validation loss always; then the --metric list, by default the objective (or macro_f1 when that is the loss).
+    default = (objective or {}).get("metric") or "loss"
+    extra = list(metrics) if metrics else [default if default != "loss" else "macro_f1"]
+    known = available_metrics(jobs)
+    chosen = [m for m in dict.fromkeys(["loss", *extra]) if m == "loss" or not known or m in known]
     modes = {m: (mode if mode and m in (metrics or []) else infer_mode(m, objective)) for m in chosen}
     done = sorted((j for j in jobs if j.ok), key=lambda j: (j.fold if j.fold is not None else 1 << 30))
     missing_folds = _missing_folds(jobs, cv)
@@ -491,7 +503,7 @@ def _kfold_summary(sweep_dir: Path, jobs: list[Job], metrics, mode, objective, s
         "folds": per_fold,
         "summary": stats,
     }
-    return Summary(kind="kfold", text="\n".join(lines), data=_clean(data), complete=complete)
+    return Summary(kind="kfold", text="\n".join(lines), data=_clean(data), complete=complete, table=pd.DataFrame(per_fold))
 
 
 def _sweep_summary(sweep_dir: Path, jobs: list[Job], groups: dict, metrics, mode, objective, stamp, aggregate: Sequence[str] = ()) -> Summary:
@@ -518,7 +530,7 @@ def _sweep_summary(sweep_dir: Path, jobs: list[Job], groups: dict, metrics, mode
             missing_folds = _missing_folds(group, cv)
             expected = max(expected, int(cv.get("k", 0) or 0))
             missing_folds_total += missing_folds
-        row = {k: dicts[key].get(k, "-") for k in varying} if varying else {"group": " ".join(key) or "(all jobs)"}
+        row = {k: dicts[key].get(k, "-") for k in varying} if varying else {"group": "(all jobs)"}
         row.update({"n": s["n"], "of": expected, "mean": s["mean"], "std": s["std"], "ci95_low": s["ci95_low"], "ci95_high": s["ci95_high"], "test_mean": test["mean"]})
         for m in extra:
             row[f"{m}_mean"] = describe([job_values(j.metrics, m, mode or infer_mode(m, objective))["best"] for j in ok])["mean"]
@@ -550,7 +562,10 @@ def _sweep_summary(sweep_dir: Path, jobs: list[Job], groups: dict, metrics, mode
         if r["_missing_folds"]:
             lines.append(f"  group rank {r['rank']}: folds without results: {', '.join(map(str, r['_missing_folds']))}")
     lines.append("")
-    lines += table.to_string(index=False, float_format=NUM.format, na_rep="-").splitlines()
+    shown = table.copy()
+    for column in varying:  # Optuna's long float samples, shortened on screen (full values in the CSV/JSON)
+        shown[column] = shown[column].map(_short)
+    lines += shown.to_string(index=False, float_format=NUM.format, na_rep="-").splitlines()
     lines.append("=" * 72)
 
     data = {
@@ -575,22 +590,18 @@ def _sweep_summary(sweep_dir: Path, jobs: list[Job], groups: dict, metrics, mode
             for j in jobs
         ],
     }
-    summary = Summary(kind="sweep", text="\n".join(lines), data=_clean(data), complete=complete)
-    summary.data["_table"] = table  # written as CSV, dropped before JSON
-    return summary
+    return Summary(kind="sweep", text="\n".join(lines), data=_clean(data), complete=complete, table=table)
 
 
-def _write(summary: Summary, sweep_dir: Path, stamp: str) -> None:
-    import pandas as pd
-
+def write_summary(summary: Summary, sweep_dir: str | Path) -> list[Path]:
+    """Write <prefix>_<YYYYMMDD_HHMMSS>.json and .csv into the sweep dir (atomically); returns their paths."""
+    sweep_dir, stamp = Path(sweep_dir), summary.data["created"]
     prefix = "kfold_results" if summary.kind == "kfold" else "sweep_results"
     json_path, csv_path = sweep_dir / f"{prefix}_{stamp}.json", sweep_dir / f"{prefix}_{stamp}.csv"
-    table = summary.data.pop("_table", None)
-    if summary.kind == "kfold":
-        table = pd.DataFrame(summary.data["folds"])
     write_json(json_path, summary.data)
-    atomic_write(csv_path, lambda fh: table.to_csv(fh, index=False))
+    atomic_write(csv_path, lambda fh: summary.table.to_csv(fh, index=False))
     summary.files = [json_path, csv_path]
+    return summary.files
 
 
 # --------------------------------------------------------------------------- CLI
@@ -617,18 +628,32 @@ def build_parser() -> argparse.ArgumentParser:
 def main(argv: Sequence[str] | None = None, out: Callable[[str], None] = print) -> int:
     args = build_parser().parse_args(argv)
     try:
-        summary = summarize(args.sweep_dir, args.metric, args.mode, args.aggregate, args.kind, write=not args.no_write)
+        summary = summarize(args.sweep_dir, args.metric, args.mode, args.aggregate, args.kind, write=False)
     except SummaryError as e:
         print(f"emotrain-summarize: error: {e}", file=sys.stderr)
         return EXIT_USAGE
     out(summary.text)
-    for path in summary.files:
-        out(f"wrote {path}")
+    if not args.no_write:
+        try:
+            write_summary(summary, args.sweep_dir)
+        except OSError as e:
+            print(f"emotrain-summarize: error: cannot write the results into {args.sweep_dir}: {e} (use --no-write)", file=sys.stderr)
+            return EXIT_USAGE
+        for path in summary.files:
+            out(f"wrote {path}")
     return summary.exit_code
 
 
 def cli() -> None:
-    sys.exit(main())
+    try:
+        code = main()
+        sys.stdout.flush()
+    except BrokenPipeError:  # `emotrain-summarize DIR | head`
+        import os
+
+        os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
+        code = EXIT_OK
+    sys.exit(code)
 
 
 if __name__ == "__main__":

@@ -161,7 +161,7 @@ class MLflowTracker:
         except ImportError as e:  # e.g. sqlalchemy / alembic missing for a sqlite store
             raise ConfigError(f"logger.tracking_uri={shown} needs the '{e.name}' package: pip install -e '.[mlflow]'") from e
         except Exception as e:  # noqa: BLE001 - any store error is a config problem at this point
-            first = str(getattr(e, "message", e)).strip().splitlines()[0] if str(e).strip() else type(e).__name__
+            first = (str(getattr(e, "message", e)).strip().splitlines() or [type(e).__name__])[0]
             raise ConfigError(f"logger.tracking_uri={shown}: cannot open the MLflow tracking store ({first})") from e
         self.run_id = run.info.run_id
         self.tracking_uri = uri

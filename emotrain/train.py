@@ -15,9 +15,12 @@
 
 from __future__ import annotations
 
+import contextlib
 import copy
 import logging
 import math
+import shlex
+import signal
 import time
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
@@ -25,9 +28,9 @@ from pathlib import Path
 import numpy as np
 import torch
 from omegaconf import DictConfig, OmegaConf
-from tqdm.auto import tqdm
+from tqdm import tqdm
 
-from emotrain.data.cv import apply_cv
+from emotrain.data.cv import apply_cv, kfold_split
 from emotrain.data.loading import load_data
 from emotrain.data.types import DataBundle, Split
 from emotrain.errors import ConfigError, EmotrainError
@@ -52,6 +55,35 @@ log = logging.getLogger("emotrain")
 
 class TrainingDiverged(EmotrainError):
     """Too many consecutive non-finite losses."""
+
+
+class TrainingInterrupted(EmotrainError):
+    """Ctrl-C: an `interrupted` checkpoint was saved at the last optimiser step."""
+
+    def __init__(self, message: str, checkpoint: Path):
+        super().__init__(message)
+        self.checkpoint = checkpoint
+
+
+@contextlib.contextmanager
+def stop_on_sigint(recipe: "TrainingRecipe"):
+    """First Ctrl-C asks the loop to stop at the next optimiser step (and save); a second one kills."""
+
+    def handler(signum, frame):
+        if recipe.interrupt_requested:
+            raise KeyboardInterrupt
+        recipe.interrupt_requested = True
+        log.warning("Ctrl-C: saving a checkpoint at the next optimiser step (press Ctrl-C again to abort without saving)")
+
+    try:
+        previous = signal.signal(signal.SIGINT, handler)
+    except ValueError:  # not the main thread (e.g. some launchers): keep the default behaviour
+        yield
+        return
+    try:
+        yield
+    finally:
+        signal.signal(signal.SIGINT, previous)
 
 
 def _value(x):
@@ -164,6 +196,10 @@ class TrainState:
     train_examples: int = 0
     nonfinite_steps: int = 0  # consecutive
     stopped_early: bool = False
+    # Position inside an unfinished epoch (an `interrupted` checkpoint): batches done, running loss.
+    epoch_batches_done: int = 0
+    epoch_loss_sum: float = 0.0
+    epoch_seen: int = 0
 
 
 def is_better(value: float, best: float | None, mode: str) -> bool:
@@ -189,6 +225,7 @@ class TrainingRecipe:
         self.overrides = list(overrides or [])
         self.started = time.time()
         self.resumed_from: str | None = None
+        self.interrupt_requested = False
 
     # ------------------------------------------------------------------ setup
     def setup(self) -> "TrainingRecipe":
@@ -197,6 +234,8 @@ class TrainingRecipe:
         self.out_dir = Path(cfg.paths.output_dir)
         self.root_dir = Path(cfg.paths.root_dir)
         self.out_dir.mkdir(parents=True, exist_ok=True)
+        # First, so a missing extra or an unusable store fails before data is read; run() closes it on errors.
+        self.tracker = make_tracker(cfg.logger, cfg.logger.run_name or self.out_dir.name, self.out_dir)
         if cfg.trainer.num_threads:
             torch.set_num_threads(cfg.trainer.num_threads)
         set_seed(cfg.seed, cfg.deterministic)
@@ -213,7 +252,10 @@ class TrainingRecipe:
 
         # data
         bundle = load_data(cfg.data, self.root_dir)
-        bundle = apply_cv(bundle, cfg.cv)
+        self.cv_split = kfold_split(bundle, cfg.cv)  # None for holdout
+        bundle = apply_cv(bundle, cfg.cv, self.cv_split)
+        if self.cv_split is not None:
+            write_json(self.out_dir / "cv_split.json", self.cv_split)  # held-out row indices into the pool
         check_monitor(cfg, bundle)
         self.preprocessor = Preprocessor.from_config(cfg.data.preprocess)
         self.bundle = bundle = preprocess_bundle(bundle, self.preprocessor)
@@ -268,7 +310,6 @@ class TrainingRecipe:
             self.checkpoints = CheckpointManager(self.out_dir, cfg.checkpoint.prefix, cfg.checkpoint.save_top_k, self.monitor, self.mode)
         if cfg.resume:
             self._resume(cfg.resume)
-        self.tracker = make_tracker(cfg.logger, cfg.logger.run_name or self.out_dir.name, self.out_dir)
         self.tracker.log_params(self.resolved_config)
         log.info(
             "model=%s params=%d batch=%d x accum %d = effective batch %d; %d optimiser steps",
@@ -335,6 +376,10 @@ class TrainingRecipe:
         return evaluate(self.model, self.criterion, data, self.tasks, pad_token_id=self.pad_id, batch_size=self.cfg.trainer.eval_batch_size, device=self.device, mp=self.mp, thresholds=thresholds, features=features)
 
     def train(self) -> "TrainingRecipe":
+        with stop_on_sigint(self):
+            return self._train()
+
+    def _train(self) -> "TrainingRecipe":
         cfg, state, mp = self.cfg, self.state, self.mp
         model, criterion, optimizer, scheduler = self.model, self.criterion, self.optimizer, self.scheduler
         accum, device = self.accum, self.device
@@ -348,11 +393,13 @@ class TrainingRecipe:
             model.train()
             if self.frozen_encoder:
                 model.encoder.eval()  # a frozen encoder runs without dropout, as its cached features do
-            self.train_loader.batch_sampler.set_epoch(epoch)
-            loss_sum, seen = torch.zeros((), device=device), 0
+            # After an `interrupted` checkpoint: skip the batches this epoch already trained on.
+            done, state.epoch_batches_done = state.epoch_batches_done, 0
+            self.train_loader.batch_sampler.set_epoch(epoch, skip=done)
+            loss_sum, seen = torch.tensor(state.epoch_loss_sum, device=device), state.epoch_seen
             epoch_started = time.perf_counter()
-            batches = tqdm(self.train_loader, desc=f"epoch {epoch + 1}", leave=False, disable=not cfg.trainer.progress, dynamic_ncols=True)
-            for i, batch in enumerate(batches):
+            batches = tqdm(self.train_loader, desc=f"epoch {epoch + 1}", leave=False, disable=not cfg.trainer.progress, dynamic_ncols=True, initial=done, total=len(self.train_loader))
+            for i, batch in enumerate(batches, start=done):
                 ids = batch["input_ids"].to(device, non_blocking=True)
                 mask = batch["attention_mask"].to(device, non_blocking=True)
                 targets = {k: v.to(device, non_blocking=True) for k, v in batch["targets"].items()}
@@ -385,10 +432,13 @@ class TrainingRecipe:
                         model.train()
                         if self.frozen_encoder:
                             model.encoder.eval()
+                    if self.interrupt_requested:
+                        self._save_interrupted(epoch, i + 1, float(loss_sum), seen, time.perf_counter() - epoch_started)
                     if stop or (cfg.trainer.max_steps and state.global_step >= cfg.trainer.max_steps):
                         break
 
             state.epoch = epoch + 1
+            state.epoch_loss_sum, state.epoch_seen = 0.0, 0
             state.train_seconds += time.perf_counter() - epoch_started
             state.train_examples += seen
             train_loss = float(loss_sum) / max(seen, 1)
@@ -401,6 +451,32 @@ class TrainingRecipe:
                 log.info("reached trainer.max_steps=%d", cfg.trainer.max_steps)
                 stop = True
         return self
+
+    def _save_interrupted(self, epoch: int, batches_done: int, loss_sum: float, seen: int, seconds: float) -> None:
+        """Save the exact mid-epoch position (weights, optimiser, RNG, batch index) and stop."""
+        from emotrain.checkpointing import save_checkpoint
+
+        state = self.state
+        state.epoch_batches_done, state.epoch_loss_sum, state.epoch_seen = batches_done, loss_sum, seen
+        state.train_seconds += seconds
+        last_val = state.history[-1]["val"] if state.history else {}
+        path = save_checkpoint(
+            self.model, self.optimizer, self.scheduler, epoch, last_val.get("loss"), last_val, self.resolved_config,
+            self.out_dir, f"{self.cfg.checkpoint.prefix}_interrupted", global_step=state.global_step,
+            scaler_state=self.mp.state_dict(), tasks=[t.to_dict() for t in self.tasks], extra=self._checkpoint_extra(),
+        )
+        args = [a for a in self.overrides if not a.startswith("resume=")] + [f"resume={path}"]
+        command = "python -m emotrain " + " ".join(shlex.quote(a) for a in args)
+        raise TrainingInterrupted(f"interrupted at epoch {epoch + 1}, step {state.global_step}; saved {path}; resume with: {command}", path)
+
+    def _checkpoint_extra(self) -> dict:
+        return {
+            "state": asdict(self.state),
+            "early_stopping": self.stopper.state_dict(),
+            "criterion": self.criterion.state_dict(),
+            "preprocessing": self.preprocessor.to_dict(),
+            "primary_task": self.bundle.primary_task,
+        }
 
     def _nonfinite_loss(self, epoch: int) -> MixedPrecisionTrainer:
         """Skip the step; auto-bf16 falls back to fp32; too many in a row stops training."""
@@ -451,13 +527,7 @@ class TrainingRecipe:
             self.checkpoints.save(
                 self.model, self.optimizer, self.scheduler, state.epoch, metrics["loss"], metrics, self.resolved_config, value,
                 global_step=state.global_step, scaler_state=self.mp.state_dict(), tasks=[t.to_dict() for t in self.tasks],
-                extra={
-                    "state": {k: v for k, v in asdict(state).items()},
-                    "early_stopping": self.stopper.state_dict(),
-                    "criterion": self.criterion.state_dict(),
-                    "preprocessing": self.preprocessor.to_dict(),
-                    "primary_task": self.bundle.primary_task,
-                },
+                extra=self._checkpoint_extra(),
             )
         return stop
 

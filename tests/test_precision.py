@@ -216,6 +216,8 @@ def test_auto_bf16_falls_back_to_fp32_when_the_loss_is_not_finite(tmp_path, monk
     assert any("precision=auto falls back to fp32" in rec.getMessage() for rec in caplog.records if rec.levelno == logging.WARNING)
 
 
+# A skipped first optimiser step makes torch warn that the scheduler stepped before the optimiser.
+@pytest.mark.filterwarnings("ignore:Detected call of `lr_scheduler.step\\(\\)` before `optimizer.step\\(\\)`")
 @pytest.mark.parametrize("inject_inf", [True, False])
 def test_steps_skipped_by_the_scaler_are_counted_and_reported(inject_inf, tmp_path, monkeypatch):
     """fp16 with a GradScaler (what CUDA runs), driven through the real loop on the CPU."""

@@ -16,17 +16,54 @@ def concat_splits(a: Split, b: Split) -> Split:
     return Split(texts=a.texts + b.texts, targets={k: np.concatenate([a.targets[k], b.targets[k]]) for k in a.targets}, name=f"{a.name}+{b.name}")
 
 
-def apply_cv(bundle: DataBundle, cv_cfg) -> DataBundle:
-    """For k-fold, the fold's held-out part of the pool becomes the validation split; test is untouched."""
-    kind = str(getattr(cv_cfg.kind, "value", cv_cfg.kind))
-    if kind == "holdout":
-        return bundle
-    pool = concat_splits(bundle.train, bundle.val) if cv_cfg.include_val else bundle.train
+def _kind(cv_cfg) -> str:
+    return str(getattr(cv_cfg.kind, "value", cv_cfg.kind))
+
+
+def _pool(bundle: DataBundle, cv_cfg) -> Split:
+    return concat_splits(bundle.train, bundle.val) if cv_cfg.include_val else bundle.train
+
+
+def kfold_split(bundle: DataBundle, cv_cfg) -> dict | None:
+    """The fold's split of the training pool (None for holdout), JSON-ready for the run dir.
+
+    Keys: k, fold, seed, stratified, include_val, stratify_on, pool ("train" or
+    "train+val": the training split, then the validation split, as loaded), pool_size,
+    train_indices and val_indices (sorted row indices into the pool; val = held out).
+    Every fold of one k / seed / pool partitions the pool: the val_indices of folds
+    0..k-1 are disjoint and cover it. The test split is never part of the pool.
+    """
+    if _kind(cv_cfg) == "holdout":
+        return None
+    pool = _pool(bundle, cv_cfg)
     task = bundle.task(bundle.primary_task) if bundle.primary_task else bundle.tasks[0]
     train_idx, val_idx = kfold_indices(pool, task, cv_cfg.k, cv_cfg.fold, cv_cfg.seed, cv_cfg.stratified)
-    bundle.train = pool.subset(train_idx)
+    return {
+        "k": int(cv_cfg.k),
+        "fold": int(cv_cfg.fold),
+        "seed": int(cv_cfg.seed),
+        "stratified": bool(cv_cfg.stratified),
+        "include_val": bool(cv_cfg.include_val),
+        "stratify_on": task.name if cv_cfg.stratified else None,
+        "pool": "train+val" if cv_cfg.include_val else "train",
+        "pool_size": len(pool),
+        "train_indices": train_idx.tolist(),
+        "val_indices": val_idx.tolist(),
+    }
+
+
+def apply_cv(bundle: DataBundle, cv_cfg, split: dict | None = None) -> DataBundle:
+    """For k-fold, the fold's held-out part of the pool becomes the validation split; test is untouched.
+
+    `split` is kfold_split(bundle, cv_cfg) when the caller already computed it (to record it).
+    """
+    if _kind(cv_cfg) == "holdout":
+        return bundle
+    split = split if split is not None else kfold_split(bundle, cv_cfg)
+    pool = _pool(bundle, cv_cfg)
+    bundle.train = pool.subset(split["train_indices"])
     bundle.train.name = "train"
-    bundle.val = pool.subset(val_idx)
+    bundle.val = pool.subset(split["val_indices"])
     bundle.val.name = f"fold{cv_cfg.fold}"
     bundle.sources["cv"] = f"fold {cv_cfg.fold} of {cv_cfg.k} (seed {cv_cfg.seed}, stratified={cv_cfg.stratified}, include_val={cv_cfg.include_val})"
     log.info("cv: %s; train=%d val=%d", bundle.sources["cv"], len(bundle.train), len(bundle.val))

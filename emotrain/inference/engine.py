@@ -321,7 +321,7 @@ class EmotionInferenceEngine:
         for t in self.tasks:
             p = probs[t.name]
             top = p.argmax(-1) if n else np.zeros(0, dtype=np.int64)
-            per_task.append((t, p.tolist(), top.tolist(), decisions[t.name]))
+            per_task.append((t, p.tolist(), top.tolist(), decisions[t.name].tolist()))
         results = []
         for i in range(n):
             tasks: dict[str, dict] = {}
@@ -329,8 +329,7 @@ class EmotionInferenceEngine:
                 scores = p[i]
                 label = t.labels[top[i]]
                 if t.multilabel:
-                    chosen = np.flatnonzero(dec[i]).tolist()
-                    chosen.sort(key=lambda j: -scores[j])
+                    chosen = sorted((j for j, d in enumerate(dec[i]) if d), key=scores.__getitem__, reverse=True)
                     labels = [t.labels[j] for j in chosen]
                 else:
                     labels = [label]

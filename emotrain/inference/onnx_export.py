@@ -7,9 +7,10 @@ texts (built-in edge cases plus the packaged sample data, or ``samples=FILE``)
 
 - the bundle's tokenizer must give the training tokenizer's token ids;
 - the fp32 ONNX logits must match PyTorch within ``atol`` (max abs difference, default 1e-4);
-- the int8 model's decisions (argmax for multi-class tasks, the label set at the bundle's thresholds
-  for multi-label ones) must agree with the fp32 model's on at least ``min_agreement`` of the
-  (text, task) pairs (default 0.9).
+- the int8 model's decisions must agree with the fp32 model's on at least ``min_agreement`` (default
+  0.9) of the decisions: the class of each multi-class task, and for multi-label tasks every label
+  either model switches on at the bundle's thresholds (see :data:`AGREEMENT_DEFINITION`; the exact
+  label-set match and top-label agreement are reported too).
 
 A failed check raises :class:`ExportCheckError` and leaves no bundle behind. The figures go into
 ``bundle.json["checks"]``.
@@ -150,6 +151,15 @@ def _check_out_dir(out: Path) -> None:
             raise EmotrainError(f"out={out}: exists, is not empty and is not a bundle; choose another directory (an existing bundle is replaced)")
 
 
+def _publishable(staging: Path) -> None:
+    """Temp files and directories are private (0600/0700): give the bundle the usual umask modes."""
+    umask = os.umask(0)
+    os.umask(umask)
+    os.chmod(staging, 0o777 & ~umask)
+    for p in staging.rglob("*"):
+        os.chmod(p, (0o777 if p.is_dir() else 0o666) & ~umask)
+
+
 def _install(staging: Path, out: Path) -> None:
     """Move the finished staging directory to `out`, replacing an old bundle there."""
     _check_out_dir(out)
@@ -220,14 +230,20 @@ def _quiet_root_logger():
     """onnxruntime.quantization logs advice through the root logger; keep the CLI output clean."""
     root = logging.getLogger()
     level = root.level
+    # logging.warning() on a root logger without handlers would install one (basicConfig): add a stand-in.
+    stand_in = logging.NullHandler() if not root.handlers else None
+    if stand_in is not None:
+        root.addHandler(stand_in)
     root.setLevel(logging.ERROR)
     try:
         yield
     finally:
         root.setLevel(level)
+        if stand_in is not None:
+            root.removeHandler(stand_in)
 
 
-def _quantize(fp32: Path, int8: Path, per_channel: bool = False) -> dict:
+def _quantize(fp32: Path, int8: Path, per_channel: bool = True) -> dict:
     """onnxruntime dynamic quantization: int8 weights, activations quantized on the fly."""
     from onnxruntime.quantization import QuantType, quantize_dynamic
 
@@ -304,31 +320,58 @@ def _self_check(src, staging: Path, texts: list[str], *, quantized: bool, atol: 
         )
     if quantized:
         int8 = _logits(OnnxBackend(staging / INT8_FILE, tasks), batches, tasks)
-        d32 = _decisions(tasks, fp32, src.thresholds)
-        d8 = _decisions(tasks, int8, src.thresholds)
-        per_task = {}
-        agree = total = 0
-        for t in tasks:
-            same = (d32[t.name] == d8[t.name]).all(-1) if t.multilabel else d32[t.name] == d8[t.name]
-            per_task[t.name] = float(same.mean())
-            agree += int(same.sum())
-            total += int(same.size)
-        share = agree / max(total, 1)
-        prob_diff = max(float(np.abs(_activate(int8[t.name], t.multilabel) - _activate(fp32[t.name], t.multilabel)).max()) for t in tasks)
-        checks["int8"] = {
-            "decision_agreement": share,
-            "per_task": per_task,
-            "min_agreement": min_agreement,
-            "max_abs_diff_scores": prob_diff,
-            "definition": "share of (text, task) pairs where int8 and fp32 decide the same: argmax for multi-class, the label set at the bundle's thresholds for multi-label",
-            "passed": share >= min_agreement,
-        }
+        checks["int8"] = agreement(tasks, fp32, int8, src.thresholds)
+        checks["int8"]["min_agreement"] = min_agreement
+        share = checks["int8"]["decision_agreement"]
+        checks["int8"]["passed"] = share >= min_agreement
         if not share >= min_agreement:
+            per_task = checks["int8"]["per_task"]
             raise ExportCheckError(
-                f"int8 decisions agree with fp32 on only {share:.1%} of {total} (text, task) pairs ({', '.join(f'{k} {v:.1%}' for k, v in per_task.items())}), "
+                f"int8 decisions agree with fp32 on only {share:.1%} of {checks['int8']['decisions']} decisions "
+                f"({', '.join(f'{k} {v:.1%}' for k, v in per_task.items())}) on {len(texts)} sample texts, "
                 f"below min_agreement={min_agreement:g}; export with quantize=false, or lower min_agreement knowingly - no bundle written"
             )
     return checks
+
+
+AGREEMENT_DEFINITION = (
+    "decisions both models make, over all decisions either makes: the class of each multi-class task per text; "
+    "for multi-label tasks each label either model switches on at the bundle's thresholds (agreeing on no label "
+    "counts as one decision) - so agreeing on the many labels neither predicts does not inflate it"
+)
+
+
+def agreement(tasks, logits_a: dict, logits_b: dict, thresholds: dict) -> dict:
+    """How far two models' decisions agree (see AGREEMENT_DEFINITION), plus stricter and looser views."""
+    da = _decisions(tasks, logits_a, thresholds)
+    db = _decisions(tasks, logits_b, thresholds)
+    per_task, exact, top = {}, {}, {}
+    agree = total = 0
+    for t in tasks:
+        a, b = da[t.name], db[t.name]
+        if t.multilabel:
+            inter = (a & b).sum(-1)
+            union = (a | b).sum(-1)
+            none = union == 0
+            n_agree, n_total = int(inter.sum() + none.sum()), int(union.sum() + none.sum())
+            exact[t.name] = float((a == b).all(-1).mean())
+        else:
+            n_agree, n_total = int((a == b).sum()), int(a.size)
+            exact[t.name] = float((a == b).mean())
+        per_task[t.name] = n_agree / max(n_total, 1)
+        top[t.name] = float((logits_a[t.name].argmax(-1) == logits_b[t.name].argmax(-1)).mean())
+        agree += n_agree
+        total += n_total
+    diff = max(float(np.abs(_activate(logits_a[t.name], t.multilabel) - _activate(logits_b[t.name], t.multilabel)).max()) for t in tasks)
+    return {
+        "decision_agreement": agree / max(total, 1),
+        "decisions": total,
+        "per_task": per_task,
+        "exact_match": exact,
+        "top_label_agreement": top,
+        "max_abs_diff_scores": diff,
+        "definition": AGREEMENT_DEFINITION,
+    }
 
 
 # --------------------------------------------------------------------------- export
@@ -347,7 +390,7 @@ def export_bundle(
     pytorch: bool = False,
     tokenizer=None,
     which: str = "best",
-    per_channel: bool = False,
+    per_channel: bool = True,
 ) -> Path:
     """Export `checkpoint` (a run dir - its best checkpoint -, a checkpoint file, or a model/ export) to a bundle.
 
@@ -455,6 +498,7 @@ def export_bundle(
             "exported_at": _dt.datetime.now().astimezone().isoformat(timespec="seconds"),
         }
         write_json(staging / BUNDLE_META, meta)
+        _publishable(staging)
         _install(staging, out)
     finally:
         shutil.rmtree(staging, ignore_errors=True)

@@ -189,10 +189,14 @@ def load_source(path, *, which: str = "best", tokenizer: str | Path | None = Non
     del raw
     # Build the model through a temporary slim export: one validated code path for both.
     tmp = Path(tempfile.mkdtemp(prefix="emotrain-source-"))
+    quiet = logging.getLogger("emotrain.checkpointing")
+    level = quiet.level
+    quiet.setLevel(logging.WARNING)  # "exported ... to /tmp/..." is noise here
     try:
         export_model(ckpt, tmp / "model", tok, thresholds=thresholds)
         model, _, meta = load_exported_model(tmp / "model")
     finally:
+        quiet.setLevel(level)
         shutil.rmtree(tmp, ignore_errors=True)
     tasks = [TaskInfo.from_dict(t) for t in meta["tasks"]]
     return ModelSource(model, tok, meta, tasks, thresholds, source, ckpt.resolve(), ckpt_run, path)

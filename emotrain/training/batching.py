@@ -60,9 +60,11 @@ class LengthGroupedBatchSampler(Sampler[list[int]]):
         self.seed = int(seed)
         self.pool_batches = pool_batches
         self.epoch = 0
+        self.skip = 0  # batches of this epoch to skip (resuming inside it); reset by set_epoch
 
-    def set_epoch(self, epoch: int) -> None:
+    def set_epoch(self, epoch: int, skip: int = 0) -> None:
         self.epoch = int(epoch)
+        self.skip = int(skip)
 
     def __len__(self) -> int:
         return math.ceil(len(self.lengths) / self.batch_size)
@@ -85,7 +87,7 @@ class LengthGroupedBatchSampler(Sampler[list[int]]):
         return batches
 
     def __iter__(self):
-        return iter(self.batches())
+        return iter(self.batches()[self.skip :])
 
 
 class Collator:

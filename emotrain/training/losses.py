@@ -133,6 +133,13 @@ class MultiTaskLoss(nn.Module):
             raise ConfigError(f"loss.label_smoothing={loss_cfg.label_smoothing}: must be in [0, 1)")
         if loss_cfg.gamma < 0:
             raise ConfigError(f"loss.gamma={loss_cfg.gamma}: must be >= 0")
+        for key in ("class_weights", "alpha"):
+            value = loss_cfg[key]
+            if len(tasks) > 1 and value is not None and not isinstance(value, (str, int, float)) and not hasattr(value, "keys"):
+                raise ConfigError(
+                    f"loss.{key}: a plain list is for single-task runs; with tasks {', '.join(t.name for t in tasks)} "
+                    f"give one list per task, e.g. 'loss.{key}={{{tasks[0].name}: [...]}}'"
+                )
         self.fixed_weights = {t.name: float(loss_cfg.task_weights.get(t.name, 1.0)) for t in tasks}
         self.per_task = nn.ModuleDict(
             {
