@@ -17,6 +17,7 @@ from __future__ import annotations
 
 import datetime as _dt
 import enum
+import errno
 import json
 import logging
 import math
@@ -140,6 +141,38 @@ def _finite_or_none(value):
     return value if math.isfinite(value) else None
 
 
+def _os_error_in(e: BaseException) -> OSError | None:
+    """The OSError behind `e`: itself, or (torch.save wraps failed writes in RuntimeError) its cause/context."""
+    seen = 0
+    while e is not None and seen < 8:
+        if isinstance(e, OSError):
+            return e
+        e, seen = (e.__cause__ or e.__context__), seen + 1
+    return None
+
+
+def _write_error(path: Path, e: BaseException, action: str) -> CheckpointError | None:
+    """One line for a failed checkpoint write: the path, the reason, what to do; None if not an OS failure."""
+    os_error = _os_error_in(e)
+    if os_error is None:
+        return None
+    reason = os_error.strerror or _one_line(os_error) or type(os_error).__name__
+    if os_error.errno in (errno.ENOSPC, getattr(errno, "EDQUOT", -1)):
+        fix = "free disk space or write the run elsewhere (hydra.run.dir=DIR)"
+    elif os_error.errno in (errno.EACCES, errno.EPERM, errno.EROFS):
+        fix = "make the directory writable or write the run elsewhere (hydra.run.dir=DIR)"
+    elif os_error.errno in (errno.ENOTDIR, errno.EEXIST):
+        fix = "part of that path is a file, not a directory; write the run elsewhere (hydra.run.dir=DIR)"
+    else:
+        fix = "check the disk and the directory, or write the run elsewhere (hydra.run.dir=DIR)"
+    directory = path if path.name == CHECKPOINT_DIR else path.parent
+    if (directory / "last.json").is_file():
+        kept = f"checkpoints saved before are intact ({directory / 'last.json'} points to the newest): continue with resume={directory.parent}"
+    else:
+        kept = "no earlier checkpoint of this run"
+    return CheckpointError(f"cannot {action} {path}: {reason}; {fix}. {kept}")
+
+
 def _checkpoint_name(prefix: str, stamp: str, epoch: int, val_loss) -> str:
     loss = "nan" if val_loss is None or not math.isfinite(float(val_loss)) else f"{float(val_loss):.4f}"
     return f"{prefix}_{stamp}_epoch{int(epoch):03d}_loss{loss}"
@@ -199,14 +232,23 @@ def _save(model, optimizer, scheduler, epoch, val_loss, val_metrics, hyperparame
         global_step=global_step, scaler_state=scaler_state, tasks=tasks, extra=extra, monitor=monitor, now=now,
     )
     directory = Path(output_dir) / CHECKPOINT_DIR
-    directory.mkdir(parents=True, exist_ok=True)
+    try:
+        directory.mkdir(parents=True, exist_ok=True)
+    except OSError as e:
+        raise _write_error(directory, e, "create the checkpoint directory") from e
     stem = _checkpoint_name(prefix, now.strftime("%Y%m%d_%H%M%S"), epoch, val_loss)
     path = directory / f"{stem}.pt"
     n = 1
     while path.exists():
         path = directory / f"{stem}_{n}.pt"
         n += 1
-    atomic_write(path, lambda fh: torch.save(ckpt, fh), binary=True)
+    try:
+        atomic_write(path, lambda fh: torch.save(ckpt, fh), binary=True)
+    except (OSError, RuntimeError) as e:
+        error = _write_error(path, e, "write the checkpoint")
+        if error is None:  # a RuntimeError not caused by the file system: a bug, keep it
+            raise
+        raise error from e
     log.info("saved checkpoint %s", path)
     return path
 
@@ -444,10 +486,14 @@ class CheckpointManager:
         dropped = [r for r in self.records if id(r) not in keep]
         self.records = [r for r in self.records if id(r) in keep]
         # Pointers first, deletions last: a crash in between leaves extra files, never dangling pointers.
-        write_json(self.dir / "index.json", _json_safe({"monitor": self.monitor, "mode": self.mode, "save_top_k": self.save_top_k, "checkpoints": self.records}))
-        write_json(self.dir / "last.json", _json_safe(self._pointer(self.last)))
+        pointers = [("index.json", {"monitor": self.monitor, "mode": self.mode, "save_top_k": self.save_top_k, "checkpoints": self.records}), ("last.json", self._pointer(self.last))]
         if self.best is not None:
-            write_json(self.dir / "best.json", _json_safe(self._pointer(self.best)))
+            pointers.append(("best.json", self._pointer(self.best)))
+        for name, content in pointers:
+            try:
+                write_json(self.dir / name, _json_safe(content))
+            except OSError as e:
+                raise _write_error(self.dir / name, e, "update") from e
         for r in dropped:
             try:
                 (self.dir / r["path"]).unlink()

@@ -10,7 +10,11 @@ from typing import Callable
 
 
 def atomic_write(path: str | os.PathLike, write: Callable[[object], None], binary: bool = False) -> Path:
-    """Write via `write(fh)` to a temporary file in the same directory, fsync, then rename over `path`."""
+    """Write via `write(fh)` to a temporary file in the same directory, fsync, then rename over `path`.
+
+    On any error the temporary file is removed and `path` is left as it was; an OSError
+    that names no file (a failed write: ENOSPC, EIO) is re-raised naming `path`.
+    """
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
     fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
@@ -20,11 +24,14 @@ def atomic_write(path: str | os.PathLike, write: Callable[[object], None], binar
             fh.flush()
             os.fsync(fh.fileno())
         os.replace(tmp, path)
-    except BaseException:
+    except BaseException as e:
         try:
             os.unlink(tmp)
         except FileNotFoundError:
             pass
+        if isinstance(e, OSError) and e.filename is None and e.errno is not None:
+            # A failed write (ENOSPC, EIO, ...) names no file: name the one being written.
+            raise OSError(e.errno, e.strerror or str(e), str(path)) from e
         raise
     return path
 

@@ -38,7 +38,8 @@ from emotrain.io import write_json
 from emotrain.models.backbones import encoder_layers, load_encoder, load_tokenizer
 from emotrain.models.multitask import MultiTaskModel
 from emotrain.preprocessing import Preprocessor
-from emotrain.tracking import make_tracker
+from emotrain import distributed as ddp
+from emotrain.tracking import NullTracker, make_tracker
 from emotrain.reproducibility import git_info, library_versions, print_reproducibility_info, reproducibility_info, set_seed
 from emotrain.training.batching import EncodedSplit, encode_texts, make_loader
 from emotrain.training.caches import FeatureCache, TokenCache, content_key, encoder_fingerprint
@@ -231,11 +232,15 @@ class TrainingRecipe:
     def setup(self) -> "TrainingRecipe":
         cfg = self.cfg
         validate_config(cfg)
+        # Data parallel (torchrun): join the process group; only rank 0 writes (no-op in one process).
+        self.dist = ddp.init_distributed()
+        self.is_main = self.dist.is_main
         self.out_dir = Path(cfg.paths.output_dir)
         self.root_dir = Path(cfg.paths.root_dir)
-        self.out_dir.mkdir(parents=True, exist_ok=True)
+        if self.is_main:
+            self.out_dir.mkdir(parents=True, exist_ok=True)
         # First, so a missing extra or an unusable store fails before data is read; run() closes it on errors.
-        self.tracker = make_tracker(cfg.logger, cfg.logger.run_name or self.out_dir.name, self.out_dir)
+        self.tracker = make_tracker(cfg.logger, cfg.logger.run_name or self.out_dir.name, self.out_dir) if self.is_main else NullTracker()
         if cfg.trainer.num_threads:
             torch.set_num_threads(cfg.trainer.num_threads)
         set_seed(cfg.seed, cfg.deterministic)
@@ -243,6 +248,8 @@ class TrainingRecipe:
 
         # device and precision
         self.device, _ = get_device()
+        if self.dist.distributed:
+            self.device = self.dist.device  # cuda:LOCAL_RANK (NCCL) or cpu (gloo)
         self.requested_precision = str(_value(cfg.precision.mode))
         precision, warning = resolve_precision(self.requested_precision, self.device)
         self.mp_precision = precision
@@ -254,7 +261,7 @@ class TrainingRecipe:
         bundle = load_data(cfg.data, self.root_dir)
         self.cv_split = kfold_split(bundle, cfg.cv)  # None for holdout
         bundle = apply_cv(bundle, cfg.cv, self.cv_split)
-        if self.cv_split is not None:
+        if self.cv_split is not None and self.is_main:
             write_json(self.out_dir / "cv_split.json", self.cv_split)  # held-out row indices into the pool
         check_monitor(cfg, bundle)
         self.preprocessor = Preprocessor.from_config(cfg.data.preprocess)
@@ -272,10 +279,11 @@ class TrainingRecipe:
         max_length = cfg.backbone.max_length
         token_cache = TokenCache(cfg.paths.cache_dir if cfg.trainer.token_cache else None)
         started = time.perf_counter()
-        encoded = {
-            name: EncodedSplit(token_cache.encode(self.tokenizer, split.texts, max_length, encode_texts), split.targets)
-            for name, split in (("train", bundle.train), ("val", bundle.val), ("test", bundle.test)) if split is not None
-        }
+        with ddp.main_process_first():  # data parallel: rank 0 fills the token cache, the others read it
+            encoded = {
+                name: EncodedSplit(token_cache.encode(self.tokenizer, split.texts, max_length, encode_texts), split.targets)
+                for name, split in (("train", bundle.train), ("val", bundle.val), ("test", bundle.test)) if split is not None
+            }
         log.info("tokenised %d texts in %.2fs", sum(len(d) for d in encoded.values()), time.perf_counter() - started)
         self.train_data, self.val_data, self.test_data = encoded["train"], encoded["val"], encoded.get("test")
         self.pad_id = self.tokenizer.pad_token_id if self.tokenizer.pad_token_id is not None else 0
@@ -283,7 +291,8 @@ class TrainingRecipe:
         validate_freeze(cfg.freeze, len(encoder_layers(encoder)))
         self.model = MultiTaskModel(encoder, bundle.tasks, pooling=str(_value(cfg.backbone.pooling)), dropout=cfg.trainer.dropout).to(self.device)
         self.frozen_encoder = str(_value(cfg.freeze.mode)) == "full"
-        self.features = self._cached_features(encoded) if self.frozen_encoder and cfg.freeze.feature_cache else None
+        with ddp.main_process_first():  # data parallel: rank 0 fills the feature cache, the others read it
+            self.features = self._cached_features(encoded) if self.frozen_encoder and cfg.freeze.feature_cache else None
 
         # loss, optimizer, schedule
         counts = class_counts(bundle.tasks, bundle.train.targets)
@@ -291,7 +300,8 @@ class TrainingRecipe:
         self.optimizer = build_optimizer(self.model, cfg.optim, list(self.criterion.parameters()), self.device)
         self.params = [p for g in self.optimizer.param_groups for p in g["params"]]
         self.accum = cfg.trainer.grad_accum_steps
-        self.train_loader = make_loader(self.train_data, self.pad_id, cfg.trainer.batch_size, shuffle=True, group_by_length=cfg.trainer.length_grouping, seed=cfg.seed)
+        # trainer.batch_size is per process: this rank's share of global batches of batch_size * world_size.
+        self.train_loader = make_loader(self.train_data, self.pad_id, cfg.trainer.batch_size, shuffle=True, group_by_length=cfg.trainer.length_grouping, seed=cfg.seed, rank=self.dist.rank, world_size=self.dist.world_size)
         steps_per_epoch = math.ceil(len(self.train_loader) / self.accum)
         self.total_steps = steps_per_epoch * cfg.trainer.epochs
         if cfg.trainer.max_steps:
@@ -304,7 +314,7 @@ class TrainingRecipe:
         self.best_weights = copy.deepcopy(self.model.state_dict())
         self.resolved_config = OmegaConf.to_container(cfg, resolve=True, enum_to_str=True)
         self.checkpoints = None
-        if cfg.checkpoint.enabled:
+        if cfg.checkpoint.enabled and self.is_main:  # data parallel: only rank 0 writes checkpoints
             from emotrain.checkpointing import CheckpointManager
 
             self.checkpoints = CheckpointManager(self.out_dir, cfg.checkpoint.prefix, cfg.checkpoint.save_top_k, self.monitor, self.mode)
@@ -312,9 +322,9 @@ class TrainingRecipe:
             self._resume(cfg.resume)
         self.tracker.log_params(self.resolved_config)
         log.info(
-            "model=%s params=%d batch=%d x accum %d = effective batch %d; %d optimiser steps",
+            "model=%s params=%d batch=%d x accum %d x processes %d = effective batch %d; %d optimiser steps",
             cfg.backbone.name, sum(p.numel() for p in self.model.parameters()), cfg.trainer.batch_size, self.accum,
-            cfg.trainer.batch_size * self.accum, self.total_steps,
+            self.dist.world_size, cfg.trainer.batch_size * self.accum * self.dist.world_size, self.total_steps,
         )
         return self
 
@@ -373,7 +383,7 @@ class TrainingRecipe:
         features = None
         if self.features is not None:
             features = next(self.features[name] for name, d in (("train", self.train_data), ("val", self.val_data), ("test", self.test_data)) if d is data)
-        return evaluate(self.model, self.criterion, data, self.tasks, pad_token_id=self.pad_id, batch_size=self.cfg.trainer.eval_batch_size, device=self.device, mp=self.mp, thresholds=thresholds, features=features)
+        return evaluate(self.model, self.criterion, data, self.tasks, pad_token_id=self.pad_id, batch_size=self.cfg.trainer.eval_batch_size, device=self.device, mp=self.mp, thresholds=thresholds, features=features, rank=self.dist.rank, world_size=self.dist.world_size)
 
     def train(self) -> "TrainingRecipe":
         with stop_on_sigint(self):
@@ -383,22 +393,35 @@ class TrainingRecipe:
         cfg, state, mp = self.cfg, self.state, self.mp
         model, criterion, optimizer, scheduler = self.model, self.criterion, self.optimizer, self.scheduler
         accum, device = self.accum, self.device
-        epochs_bar = tqdm(range(state.epoch, cfg.trainer.epochs), desc="epochs", disable=not cfg.trainer.progress, dynamic_ncols=True)
+        # Data parallel: the forward runs through DDP(model) (`train_model`); everything else uses the bare model.
+        world, sampler = self.dist.world_size, self.train_loader.batch_sampler
+        train_model, ddp_key = model, None
+        progress = cfg.trainer.progress and self.is_main
+        epochs_bar = tqdm(range(state.epoch, cfg.trainer.epochs), desc="epochs", disable=not progress, dynamic_ncols=True)
         stop = state.stopped_early or bool(cfg.trainer.max_steps and state.global_step >= cfg.trainer.max_steps)
         for epoch in epochs_bar:
             if stop:
                 break
             self.trainable = apply_freeze(model, cfg.freeze, epoch)
             log.info("epoch %d: %d trainable parameters", epoch + 1, self.trainable)
+            if world > 1 and ddp_key != (key := tuple(p.requires_grad for p in model.parameters())):
+                # DDP reduces the gradients of the parameters trainable when it is built: rebuild on a change.
+                ddp_key, train_model = key, ddp.wrap_model(model, self.dist)
             model.train()
             if self.frozen_encoder:
                 model.encoder.eval()  # a frozen encoder runs without dropout, as its cached features do
             # After an `interrupted` checkpoint: skip the batches this epoch already trained on.
             done, state.epoch_batches_done = state.epoch_batches_done, 0
-            self.train_loader.batch_sampler.set_epoch(epoch, skip=done)
+            sampler.set_epoch(epoch, skip=done)
+            shares = sampler.shares()  # (this rank's examples, global batch examples) per batch
             loss_sum, seen = torch.tensor(state.epoch_loss_sum, device=device), state.epoch_seen
+            if world > 1:
+                if not self.is_main:  # the saved running sums are global: rank 0 carries them
+                    loss_sum, seen = torch.zeros((), device=device), 0
+                if done == 0:  # per-rank dropout streams, reproducible per epoch (so a resume at an epoch end is exact)
+                    torch.manual_seed(int(np.random.SeedSequence([cfg.seed, epoch, self.dist.rank]).generate_state(1)[0]))
             epoch_started = time.perf_counter()
-            batches = tqdm(self.train_loader, desc=f"epoch {epoch + 1}", leave=False, disable=not cfg.trainer.progress, dynamic_ncols=True, initial=done, total=len(self.train_loader))
+            batches = tqdm(self.train_loader, desc=f"epoch {epoch + 1}", leave=False, disable=not progress, dynamic_ncols=True, initial=done, total=len(self.train_loader))
             for i, batch in enumerate(batches, start=done):
                 ids = batch["input_ids"].to(device, non_blocking=True)
                 mask = batch["attention_mask"].to(device, non_blocking=True)
@@ -407,18 +430,29 @@ class TrainingRecipe:
                 pooled = None
                 if self.features is not None:  # frozen encoder: heads train on cached features
                     pooled = torch.from_numpy(self.features["train"][batch["indices"].numpy()]).to(device, non_blocking=True)
-                with mp.autocast():
-                    logits = model(ids, mask, pooled=pooled)
-                loss, _ = criterion(logits, targets)  # in fp32: the loss module upcasts logits
-                if not torch.isfinite(loss):
-                    mp = self._nonfinite_loss(epoch)
-                    continue
-                state.nonfinite_steps = 0
-                mp.scale_loss(loss / accum).backward()
-                loss_sum += loss.detach() * ids.shape[0]
-                seen += ids.shape[0]
+                n_local, n_global = shares[i]  # n_local = 0: a padding example (this rank's share was empty)
+                step_now = (i + 1) % accum == 0 or i + 1 == len(self.train_loader)
+                # Data parallel: gradients are all-reduced only at the optimiser step, not on accumulation micro-batches.
+                with train_model.no_sync() if world > 1 and not step_now else contextlib.nullcontext():
+                    with mp.autocast():
+                        logits = train_model(ids, mask, pooled=pooled)
+                    loss, _ = criterion(logits, targets)  # in fp32: the loss module upcasts logits
+                    if ddp.any_rank(not torch.isfinite(loss), device) if world > 1 else not torch.isfinite(loss):
+                        mp = self._nonfinite_loss(epoch)
+                        continue
+                    state.nonfinite_steps = 0
+                    # DDP averages gradients over ranks: weighting each rank's mean loss by its share of the global
+                    # batch makes that average the gradient of the global-batch mean, even for an uneven last batch.
+                    objective = loss if world == 1 else loss * (n_local * world / n_global)
+                    mp.scale_loss(objective / accum).backward()
+                loss_sum += loss.detach() * n_local
+                seen += n_local
 
-                if (i + 1) % accum == 0 or i + 1 == len(self.train_loader):
+                if step_now:
+                    if world > 1:  # learned task weights live in the criterion, outside DDP: average their gradients
+                        for p in criterion.parameters():
+                            if p.grad is not None:
+                                ddp.all_reduce_sum(p.grad).div_(world)
                     mp.step(optimizer, self.params, cfg.trainer.max_grad_norm)  # unscale -> clip -> step
                     mp.update()  # loss-scale update; counts steps the scaler skipped
                     scheduler.step()
@@ -426,22 +460,26 @@ class TrainingRecipe:
                     state.global_step += 1
                     state.lr_history.append([state.global_step, scheduler.get_last_lr()[0]])
                     if state.global_step % cfg.trainer.log_every_steps == 0:
-                        log.info("step %d: lr=%.3e running train_loss=%.4f", state.global_step, scheduler.get_last_lr()[0], float(loss_sum) / max(seen, 1))
+                        total, count = self._global_loss(loss_sum, seen)
+                        log.info("step %d: lr=%.3e running train_loss=%.4f", state.global_step, scheduler.get_last_lr()[0], total / max(count, 1))
                     if cfg.trainer.eval_every_steps and state.global_step % cfg.trainer.eval_every_steps == 0:
-                        stop = self._evaluate_and_checkpoint(float(loss_sum) / max(seen, 1), epoch_done=False)
+                        total, count = self._global_loss(loss_sum, seen)
+                        stop = self._evaluate_and_checkpoint(total / max(count, 1), epoch_done=False)
                         model.train()
                         if self.frozen_encoder:
                             model.encoder.eval()
-                    if self.interrupt_requested:
-                        self._save_interrupted(epoch, i + 1, float(loss_sum), seen, time.perf_counter() - epoch_started)
+                    if ddp.any_rank(self.interrupt_requested, device) if world > 1 else self.interrupt_requested:
+                        total, count = self._global_loss(loss_sum, seen)
+                        self._save_interrupted(epoch, i + 1, total, count, time.perf_counter() - epoch_started)
                     if stop or (cfg.trainer.max_steps and state.global_step >= cfg.trainer.max_steps):
                         break
 
             state.epoch = epoch + 1
             state.epoch_loss_sum, state.epoch_seen = 0.0, 0
             state.train_seconds += time.perf_counter() - epoch_started
+            total, seen = self._global_loss(loss_sum, seen)
             state.train_examples += seen
-            train_loss = float(loss_sum) / max(seen, 1)
+            train_loss = total / max(seen, 1)
             stop = self._evaluate_and_checkpoint(train_loss, epoch_done=True) or stop
             epochs_bar.set_postfix(train_loss=f"{train_loss:.4f}", val_loss=f"{state.history[-1]['val']['loss']:.4f}")
             if stop:
@@ -452,6 +490,13 @@ class TrainingRecipe:
                 stop = True
         return self
 
+    def _global_loss(self, loss_sum: torch.Tensor, seen: int) -> tuple[float, int]:
+        """(training loss sum, examples) so far this epoch, summed over data-parallel ranks (every rank calls it)."""
+        if self.dist.world_size == 1:
+            return float(loss_sum), seen
+        t = ddp.all_reduce_sum(torch.stack([loss_sum.detach().double(), torch.tensor(float(seen), dtype=torch.float64, device=loss_sum.device)]))
+        return float(t[0]), int(round(float(t[1])))
+
     def _save_interrupted(self, epoch: int, batches_done: int, loss_sum: float, seen: int, seconds: float) -> None:
         """Save the exact mid-epoch position (weights, optimiser, RNG, batch index) and stop."""
         from emotrain.checkpointing import save_checkpoint
@@ -460,13 +505,16 @@ class TrainingRecipe:
         state.epoch_batches_done, state.epoch_loss_sum, state.epoch_seen = batches_done, loss_sum, seen
         state.train_seconds += seconds
         last_val = state.history[-1]["val"] if state.history else {}
-        path = save_checkpoint(
-            self.model, self.optimizer, self.scheduler, epoch, last_val.get("loss"), last_val, self.resolved_config,
-            self.out_dir, f"{self.cfg.checkpoint.prefix}_interrupted", global_step=state.global_step,
-            scaler_state=self.mp.state_dict(), tasks=[t.to_dict() for t in self.tasks], extra=self._checkpoint_extra(),
-        )
+        path = None
+        if self.is_main:  # data parallel: rank 0 writes; the others wait for its path (so none exits mid-write)
+            path = save_checkpoint(
+                self.model, self.optimizer, self.scheduler, epoch, last_val.get("loss"), last_val, self.resolved_config,
+                self.out_dir, f"{self.cfg.checkpoint.prefix}_interrupted", global_step=state.global_step,
+                scaler_state=self.mp.state_dict(), tasks=[t.to_dict() for t in self.tasks], extra=self._checkpoint_extra(),
+            )
+        path = ddp.broadcast_object(path)
         args = [a for a in self.overrides if not a.startswith("resume=")] + [f"resume={path}"]
-        command = "python -m emotrain " + " ".join(shlex.quote(a) for a in args)
+        command = ddp.launch_command(self.dist) + " " + " ".join(shlex.quote(a) for a in args)
         raise TrainingInterrupted(f"interrupted at epoch {epoch + 1}, step {state.global_step}; saved {path}; resume with: {command}", path)
 
     def _checkpoint_extra(self) -> dict:
@@ -487,9 +535,11 @@ class TrainingRecipe:
             log.warning("non-finite loss under bf16 autocast at step %d; precision=auto falls back to fp32", self.state.global_step)
             self.mp = MixedPrecisionTrainer(self.device, "fp32")
         elif self.state.nonfinite_steps >= self.cfg.trainer.max_nonfinite_steps:
+            last = self.checkpoints.last_path if self.checkpoints is not None else None
+            kept = f"the last good checkpoint is {last} (resume={last.parent.parent} continues from it)" if last else "no checkpoint was saved before"
             raise TrainingDiverged(
                 f"loss was non-finite for {self.state.nonfinite_steps} consecutive steps in epoch {epoch + 1}: "
-                "lower optim.lr, set trainer.max_grad_norm, or use precision=fp32"
+                f"lower optim.lr, set trainer.max_grad_norm, or use precision=fp32; {kept}; metrics.json has the results so far"
             )
         return self.mp
 
@@ -544,14 +594,18 @@ class TrainingRecipe:
         _, _, val_probs = self.evaluate(self.val_data)
         return tune_thresholds(self.tasks, val_probs, self.val_data.targets, floor=t.threshold_floor)
 
-    def save(self) -> dict:
+    def save(self, status: str = "completed", error: str | None = None) -> dict:
+        """Test the best weights; write metrics.json, the report and the export.
+
+        status="diverged" (run() after TrainingDiverged): the results so far, with `error`; no export, tracker left open.
+        """
         cfg, state = self.cfg, self.state
         self.model.load_state_dict(self.best_weights)
         thresholds = self.decision_thresholds()
         final_val = state.history[-1]["val"] if state.history else {}
         test = {"metrics": {}, "per_class": {}, "at_0.5": {}}
         confusion = {}
-        if self.test_data is not None:
+        if self.test_data is not None and (status == "completed" or state.history):  # no evaluation yet: nothing to test
             test["metrics"], test["per_class"], test_probs = self.evaluate(self.test_data, thresholds=thresholds)
             if thresholds:
                 test["at_0.5"], _, _ = self.evaluate(self.test_data)
@@ -566,7 +620,8 @@ class TrainingRecipe:
             if thresholds:
                 log.info("test macro_f1 at 0.5 thresholds: %s", " ".join(f"{t}={test['at_0.5'][f'{t}/macro_f1']:.4f}" for t in thresholds))
         results = {
-            "status": "completed",
+            "status": status,
+            **({"error": error} if error else {}),
             "objective": {"metric": self.monitor, "mode": self.mode, "split": "val", "value": state.best_value},
             "best_epoch": state.best_epoch,
             "epochs_run": state.epoch,
@@ -592,23 +647,26 @@ class TrainingRecipe:
             "tasks": [t.to_dict() for t in self.tasks],
             "primary_task": self.bundle.primary_task,
             "data_sizes": {"train": len(self.bundle.train), "val": len(self.bundle.val), "test": len(self.bundle.test) if self.bundle.test is not None else 0},
-            "effective_batch_size": cfg.trainer.batch_size * self.accum,
+            "effective_batch_size": cfg.trainer.batch_size * self.accum * self.dist.world_size,  # examples per optimiser step
+            "world_size": self.dist.world_size,  # data-parallel processes (trainer.batch_size is per process)
             "reproducibility": reproducibility_info(cfg.seed, cfg.deterministic),
             "git": git_info(),
             "versions": library_versions(),
             "config": self.resolved_config,
         }
-        if self.checkpoints is not None and cfg.checkpoint.export and self.checkpoints.best_path is not None:
+        if status == "completed" and self.checkpoints is not None and cfg.checkpoint.export and self.checkpoints.best_path is not None:
             from emotrain.checkpointing import export_model
 
             results["model_dir"] = str(export_model(self.checkpoints.best_path, self.out_dir / "model", self.tokenizer, thresholds=thresholds))
-        if cfg.report:
+        if cfg.report and self.is_main:  # data parallel: only rank 0 writes (export: self.checkpoints is None elsewhere)
             self._write_report(results, test["per_class"], confusion)
-        write_json(self.out_dir / "metrics.json", results)
-        log.info("wrote %s (%.1fs)", self.out_dir / "metrics.json", results["wall_time_s"])
+        if self.is_main:
+            write_json(self.out_dir / "metrics.json", results)
+            log.info("wrote %s (%.1fs)", self.out_dir / "metrics.json", results["wall_time_s"])
         self.tracker.log_metrics({f"test/{k}": v for k, v in results["test"].items()}, step=state.global_step)
         self.tracker.log_artifacts(self.out_dir)
-        self.tracker.close()
+        if status == "completed":
+            self.tracker.close()  # otherwise run() closes it as FAILED
         return results
 
     def _write_report(self, results: dict, per_class: dict, confusion: dict) -> None:
@@ -625,7 +683,7 @@ class TrainingRecipe:
             self.cfg.checkpoint.prefix,
             per_class=per_class or None,
             confusion=confusion or None,
-            extra={k: results[k] for k in ("best_epoch", "test", "test_at_0.5", "thresholds", "precision", "device", "wall_time_s", "reproducibility", "git", "versions")},
+            extra={k: results[k] for k in ("status", "error", "best_epoch", "test", "test_at_0.5", "thresholds", "precision", "device", "wall_time_s", "reproducibility", "git", "versions") if k in results},
         )
 
 
@@ -633,7 +691,18 @@ def run(cfg: DictConfig, overrides: list[str] | None = None) -> dict:
     """Train and evaluate one model. Returns the metrics written to metrics.json."""
     recipe = TrainingRecipe(cfg, overrides)
     try:
-        return recipe.setup().train().save()  # save() closes the tracker: FINISHED
+        recipe.setup()
+        try:
+            recipe.train()
+        except TrainingDiverged as e:
+            # Keep what the run achieved: metrics.json (status "diverged") and the report so far; the
+            # checkpoints saved before are untouched. Then the error goes on (one line on the CLI).
+            try:
+                recipe.save(status="diverged", error=str(e))
+            except Exception as save_error:  # the error that stopped training matters more
+                log.warning("could not write the results of the diverged run: %s: %s", type(save_error).__name__, save_error)
+            raise
+        return recipe.save()  # save() closes the tracker: FINISHED
     except BaseException as e:
         tracker = getattr(recipe, "tracker", None)  # absent when setup failed before creating it
         if tracker is not None:

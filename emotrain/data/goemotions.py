@@ -23,7 +23,7 @@ from typing import Sequence
 
 import numpy as np
 
-from emotrain.data.table import RawTable, check_file, read_delimited, read_text
+from emotrain.data.table import RawTable, cell_repr, check_file, read_delimited, read_text
 from emotrain.data.types import DataBundle, Split, TaskSpec
 from emotrain.errors import DataError
 
@@ -92,7 +92,7 @@ def read_split(path: Path, num_labels: int) -> tuple[list[str], np.ndarray, RawT
             ids = [int(p) for p in parts]
         except ValueError:
             raise DataError(
-                f"{table.where(i)}: label ids {cell!r} are not comma-separated integers; expected columns: {_COLUMNS}"
+                f"{table.where(i)}: label ids {cell_repr(cell)} are not comma-separated integers; expected columns: {_COLUMNS}"
             ) from None
         for label_id in ids:
             if not 0 <= label_id < num_labels:

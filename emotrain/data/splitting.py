@@ -20,6 +20,7 @@ from sklearn.model_selection import KFold, StratifiedKFold, train_test_split
 
 from emotrain.data.types import Split, TaskSpec
 from emotrain.errors import DataError
+from emotrain.preprocessing import scrub_pii
 
 
 def _targets(split: Split, task: TaskSpec | str) -> tuple[str, tuple[str, ...] | None, np.ndarray]:
@@ -46,6 +47,12 @@ def _single_column(y: np.ndarray) -> np.ndarray | None:
     return None
 
 
+def _label_repr(label: str) -> str:
+    """A label as quoted in an error message; PII masked, in case a text column was taken for labels."""
+    shown = repr(scrub_pii(str(label)))
+    return shown if len(shown) <= 60 else shown[:60] + "..."
+
+
 def _check_min_count(
     task_name: str, labels: tuple[str, ...] | None, counts: np.ndarray, minimum: int, source: str, need: str, remedy: str
 ) -> None:
@@ -57,7 +64,7 @@ def _check_min_count(
     label = labels[i] if labels is not None and i < len(labels) else str(i)
     where = f" in {source}" if source else ""
     raise DataError(
-        f"class {label!r} of task {task_name!r} has only {count} example{'s' if count != 1 else ''}{where}; "
+        f"class {_label_repr(label)} of task {task_name!r} has only {count} example{'s' if count != 1 else ''}{where}; "
         f"{need}; {remedy}"
     )
 

@@ -33,6 +33,7 @@ from emotrain.config import TableTaskConfig
 from emotrain.data.splitting import stratified_holdout
 from emotrain.data.types import DataBundle, Split, TaskSpec
 from emotrain.errors import DataError
+from emotrain.preprocessing import scrub_pii
 
 FORMATS = ("csv", "tsv", "jsonl", "parquet")
 
@@ -60,6 +61,16 @@ SPLIT_NAMES = ("train", "val", "test")
 
 
 # --------------------------------------------------------------------------- paths and bytes
+
+
+def cell_repr(value: Any, limit: int = 60) -> str:
+    """A cell's content as quoted in an error message: PII masked (messages reach logs and
+    status.json, which must not hold raw texts) and cut to `limit` characters."""
+    shown = repr(scrub_pii(str(value)) if isinstance(value, str) else value)
+    if not isinstance(value, str):
+        shown = scrub_pii(shown)
+    return shown if len(shown) <= limit else shown[:limit] + "..."
+
 
 
 def resolve_path(value: str | Path, root_dir: Path) -> Path:
@@ -149,7 +160,7 @@ class RawTable:
         return values
 
     def _available(self) -> str:
-        shown = ", ".join(repr(n) for n in self.names[:50]) + (", ..." if len(self.names) > 50 else "")
+        shown = ", ".join(cell_repr(n) for n in self.names[:50]) + (", ..." if len(self.names) > 50 else "")
         if self.delimited and not self.header:
             return f"available columns (0-based positions, data.header=false): {shown}"
         return f"available columns: {shown}"
@@ -230,7 +241,7 @@ def _check_unique_names(path: Path, names: list[str]) -> None:
     seen: set[str] = set()
     for n in names:
         if n in seen:
-            raise DataError(f"{path} line 1: column name {n!r} appears twice in the header; rename one of them")
+            raise DataError(f"{path} line 1: column name {cell_repr(n)} appears twice in the header; rename one of them")
         seen.add(n)
 
 
@@ -345,6 +356,7 @@ def read_table(
     key: str = "the data path",
 ) -> RawTable:
     """Any supported file -> RawTable (format from `fmt` or the extension)."""
+    check_file(path, key)  # "does not exist" / "is a directory" say more than "cannot tell the format"
     fmt = resolve_format(path, fmt)
     if fmt == "jsonl":
         return read_jsonl(path, encoding=encoding, key=key)
@@ -371,8 +383,7 @@ def _describe(v: Any) -> str:
         kind = "an object"
     else:
         kind = f"a {type(v).__name__} value"
-    shown = repr(v if not isinstance(v, np.ndarray) else v.tolist())
-    return f"{kind} ({shown[:60]}{'...' if len(shown) > 60 else ''})"
+    return f"{kind} ({cell_repr(v if not isinstance(v, np.ndarray) else v.tolist())})"
 
 
 def text_cells(table: RawTable, column: str) -> list[str]:
@@ -485,7 +496,7 @@ def _id_to_name(token: str, opts: TaskOptions) -> str:
     try:
         value = int(token)
     except ValueError:
-        raise _CellProblem(f"label {token!r} is not an integer id; use integer ids or set {opts.key}.ids=false") from None
+        raise _CellProblem(f"label {cell_repr(token)} is not an integer id; use integer ids or set {opts.key}.ids=false") from None
     if opts.labels is not None:
         if not 0 <= value < len(opts.labels):
             raise _CellProblem(
@@ -553,13 +564,13 @@ def encode_labels(
                 continue
             if opts.labels is not None and not opts.ids:
                 raise DataError(
-                    f"{table.where(i)}: unknown label {t!r} in column {opts.column!r}; valid labels ({opts.labels_where}): "
+                    f"{table.where(i)}: unknown label {cell_repr(t)} in column {opts.column!r}; valid labels ({opts.labels_where}): "
                     f"{', '.join(task.labels)} - fix the cell or add the label there"
                 )
             if is_train:  # cannot happen: the label set came from this split
-                raise DataError(f"{table.where(i)}: label {t!r} of task {opts.name!r} is not in its label set")
+                raise DataError(f"{table.where(i)}: label {cell_repr(t)} of task {opts.name!r} is not in its label set")
             raise DataError(
-                f"{table.where(i)}: label {t!r} (task {opts.name!r}) never occurs in the training split; "
+                f"{table.where(i)}: label {cell_repr(t)} (task {opts.name!r}) never occurs in the training split; "
                 f"add training examples of it or list all labels in {opts.key}.labels"
             )
     raise AssertionError("unreachable")
@@ -675,6 +686,7 @@ __all__ = [
     "RawTable",
     "TaskOptions",
     "build_task",
+    "cell_repr",
     "check_file",
     "load_table",
     "read_delimited",

@@ -50,38 +50,69 @@ class LengthGroupedBatchSampler(Sampler[list[int]]):
     sort each pool by length and cut it into batches, then shuffle the batch order.
     The epoch stays random while padding drops to almost nothing. Seeded by
     (seed, epoch) so a resumed run replays the same order.
+
+    Data parallel (world_size > 1): `batch_size` is the per-rank batch. Every rank builds
+    the same global batches of batch_size * world_size (exactly the batches of a single
+    process with that batch size) and takes examples rank, rank + world_size, ... of each,
+    so all ranks step together and see similar lengths. A rank whose share of the last
+    global batch is empty gets that batch's first example as padding; `shares()` says how
+    many real examples each of its batches holds (0 for padding) and the global batch size.
     """
 
-    def __init__(self, lengths: np.ndarray, batch_size: int, shuffle: bool, group_by_length: bool, seed: int, pool_batches: int = 50):
+    def __init__(self, lengths: np.ndarray, batch_size: int, shuffle: bool, group_by_length: bool, seed: int, pool_batches: int = 50, rank: int = 0, world_size: int = 1):
         self.lengths = np.asarray(lengths)
         self.batch_size = int(batch_size)
         self.shuffle = shuffle
         self.group_by_length = group_by_length
         self.seed = int(seed)
         self.pool_batches = pool_batches
+        if not 0 <= int(rank) < int(world_size):
+            raise ValueError(f"rank={rank} must be in [0, world_size={world_size})")
+        self.rank, self.world_size = int(rank), int(world_size)
+        self.global_batch_size = self.batch_size * self.world_size
         self.epoch = 0
         self.skip = 0  # batches of this epoch to skip (resuming inside it); reset by set_epoch
+        self._cache: tuple[int, list[list[int]]] | None = None  # (epoch, global batches)
 
     def set_epoch(self, epoch: int, skip: int = 0) -> None:
         self.epoch = int(epoch)
         self.skip = int(skip)
 
     def __len__(self) -> int:
-        return math.ceil(len(self.lengths) / self.batch_size)
+        return math.ceil(len(self.lengths) / self.global_batch_size)
 
     def batches(self) -> list[list[int]]:
+        """This rank's batches of the epoch (all of them with world_size=1)."""
+        out = self.global_batches()
+        if self.world_size == 1:
+            return out
+        return [b[self.rank :: self.world_size] or b[:1] for b in out]
+
+    def shares(self) -> list[tuple[int, int]]:
+        """(real examples in this rank's batch, examples in the global batch), per batch of the epoch."""
+        return [(len(b[self.rank :: self.world_size]), len(b)) for b in self.global_batches()]
+
+    def global_batches(self) -> list[list[int]]:
+        if self._cache is not None and self._cache[0] == self.epoch:
+            return self._cache[1]
+        batches = self._global_batches()
+        self._cache = (self.epoch, batches)
+        return batches
+
+    def _global_batches(self) -> list[list[int]]:
         n = len(self.lengths)
+        batch_size = self.global_batch_size
         rng = np.random.default_rng([self.seed, self.epoch])
         order = rng.permutation(n) if self.shuffle else np.arange(n)
         if self.group_by_length:
-            pool = self.batch_size * self.pool_batches if self.shuffle else n
+            pool = batch_size * self.pool_batches if self.shuffle else n
             chunks = []
             for start in range(0, n, pool):
                 part = order[start : start + pool]
                 # stable sort keeps the shuffled order among equal lengths
                 chunks.append(part[np.argsort(-self.lengths[part], kind="stable")])
             order = np.concatenate(chunks) if chunks else order
-        batches = [order[i : i + self.batch_size].tolist() for i in range(0, n, self.batch_size)]
+        batches = [order[i : i + batch_size].tolist() for i in range(0, n, batch_size)]
         if self.shuffle and self.group_by_length:
             batches = [batches[i] for i in rng.permutation(len(batches))]
         return batches
@@ -114,8 +145,9 @@ class Collator:
         }
 
 
-def make_loader(data: EncodedSplit, pad_token_id: int, batch_size: int, shuffle: bool, group_by_length: bool, seed: int) -> DataLoader:
-    sampler = LengthGroupedBatchSampler(data.lengths, batch_size, shuffle, group_by_length, seed)
+def make_loader(data: EncodedSplit, pad_token_id: int, batch_size: int, shuffle: bool, group_by_length: bool, seed: int, rank: int = 0, world_size: int = 1) -> DataLoader:
+    """`batch_size` per rank; with world_size > 1 this rank's share of the global batches (see LengthGroupedBatchSampler)."""
+    sampler = LengthGroupedBatchSampler(data.lengths, batch_size, shuffle, group_by_length, seed, rank=rank, world_size=world_size)
     # Its own generator: an iterator otherwise draws a base seed from the global torch RNG,
     # and then evaluations or cache fills would shift the dropout stream of training.
     generator = torch.Generator().manual_seed(int(seed))

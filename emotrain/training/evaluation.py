@@ -11,19 +11,29 @@ from emotrain.training.metrics import evaluate_predictions
 
 
 @torch.no_grad()
-def evaluate(model, criterion, data: EncodedSplit, tasks: list[TaskSpec], *, pad_token_id: int, batch_size: int, device, mp, thresholds=None, features=None) -> tuple[dict, dict, dict]:
+def evaluate(model, criterion, data: EncodedSplit, tasks: list[TaskSpec], *, pad_token_id: int, batch_size: int, device, mp, thresholds=None, features=None, rank: int = 0, world_size: int = 1) -> tuple[dict, dict, dict]:
     """Returns (flat metrics, per-class tables, {task: probabilities [n, C]} in input order).
 
     `features`: cached pooled encoder outputs [n, H] (frozen encoder), used instead of the encoder.
+    `rank`/`world_size` (data parallel; every rank must call this): rank r evaluates batches
+    r, r + world_size, ... of the single-process batch list; probabilities and per-batch losses
+    are summed across ranks (each entry comes from one rank, the others add exact zeros) and
+    the losses are then accumulated in batch order, so every rank returns exactly the
+    single-process result.
     """
     was_training = model.training
     model.eval()
     # Sorted by length, unshuffled: least padding; indices restore input order.
     loader = make_loader(data, pad_token_id, batch_size, shuffle=False, group_by_length=True, seed=0)
+    batches = loader.batch_sampler.batches()
     n = len(data)
     probs = {t.name: np.zeros((n, t.num_labels), dtype=np.float32) for t in tasks}
-    loss_sums = {t.name: 0.0 for t in tasks}
-    for batch in loader:
+    names = [t.name for t in tasks]
+    batch_losses = np.zeros((len(batches), len(names)), dtype=np.float64)  # unweighted task loss per batch
+    for j, indices in enumerate(batches):
+        if j % world_size != rank:
+            continue
+        batch = loader.collate_fn(indices)
         ids = batch["input_ids"].to(device)
         mask = batch["attention_mask"].to(device)
         targets = {k: v.to(device) for k, v in batch["targets"].items()}
@@ -32,12 +42,21 @@ def evaluate(model, criterion, data: EncodedSplit, tasks: list[TaskSpec], *, pad
         with mp.autocast():
             logits = model(ids, mask, pooled=pooled)
         _, parts = criterion({k: v.float() for k, v in logits.items()}, targets)
-        size = ids.shape[0]
         for t, p in model.probabilities(logits).items():
             probs[t][idx] = p.cpu().numpy()
-        for t, v in parts.items():
-            loss_sums[t] += float(v) * size
+        for k, t in enumerate(names):
+            batch_losses[j, k] = float(parts[t])
     model.train(was_training)
+    if world_size > 1:
+        from emotrain.distributed import all_reduce_sum
+
+        for t in names:
+            probs[t] = all_reduce_sum(torch.from_numpy(probs[t]).to(device)).cpu().numpy()
+        batch_losses = all_reduce_sum(torch.from_numpy(batch_losses).to(device)).cpu().numpy()
+    loss_sums = {t: 0.0 for t in names}
+    for j, indices in enumerate(batches):  # the single-process summation order
+        for k, t in enumerate(names):
+            loss_sums[t] += float(batch_losses[j, k]) * len(indices)
     losses = {t: s / max(n, 1) for t, s in loss_sums.items()}
     total = criterion.reported(losses)
     flat, per_class = evaluate_predictions(tasks, probs, data.targets, losses, total, thresholds)
