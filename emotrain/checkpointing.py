@@ -49,6 +49,7 @@ _NAME_RE = re.compile(r"_(\d{8}_\d{6})_epoch(\d+)_loss")
 
 __all__ = [
     "CheckpointManager",
+    "CheckpointWriteError",
     "export_model",
     "load_checkpoint",
     "load_exported_model",
@@ -141,6 +142,11 @@ def _finite_or_none(value):
     return value if math.isfinite(value) else None
 
 
+class CheckpointWriteError(CheckpointError, OSError):
+    """A checkpoint or pointer could not be written (full disk, no permission, ...): a one-line
+    CheckpointError for the CLI, and still an OSError (with its errno) for callers that catch those."""
+
+
 def _os_error_in(e: BaseException) -> OSError | None:
     """The OSError behind `e`: itself, or (torch.save wraps failed writes in RuntimeError) its cause/context."""
     seen = 0
@@ -151,7 +157,7 @@ def _os_error_in(e: BaseException) -> OSError | None:
     return None
 
 
-def _write_error(path: Path, e: BaseException, action: str) -> CheckpointError | None:
+def _write_error(path: Path, e: BaseException, action: str) -> CheckpointWriteError | None:
     """One line for a failed checkpoint write: the path, the reason, what to do; None if not an OS failure."""
     os_error = _os_error_in(e)
     if os_error is None:
@@ -170,7 +176,9 @@ def _write_error(path: Path, e: BaseException, action: str) -> CheckpointError |
         kept = f"checkpoints saved before are intact ({directory / 'last.json'} points to the newest): continue with resume={directory.parent}"
     else:
         kept = "no earlier checkpoint of this run"
-    return CheckpointError(f"cannot {action} {path}: {reason}; {fix}. {kept}")
+    error = CheckpointWriteError(f"cannot {action} {path}: {reason}; {fix}. {kept}")
+    error.errno = os_error.errno
+    return error
 
 
 def _checkpoint_name(prefix: str, stamp: str, epoch: int, val_loss) -> str:

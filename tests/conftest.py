@@ -26,6 +26,27 @@ TINY = [
 ]
 
 
+# Tiny backbone, no checkpoints or report, one thread (the CPU is shared): each run takes a fraction of a second.
+QUICK = [*TINY, "checkpoint=none", "report=false", "data.max_eval_examples=16", "trainer.num_threads=1"]
+
+
+@pytest.fixture(autouse=True)
+def _restore_threads():
+    """trainer.num_threads calls torch.set_num_threads for the whole process: put it back."""
+    import torch
+
+    n = torch.get_num_threads()
+    yield
+    torch.set_num_threads(n)
+
+
+def make_recipe(overrides: list[str], tmp_path):
+    """A set-up (not yet trained) TrainingRecipe on QUICK settings plus `overrides`."""
+    from emotrain.train import TrainingRecipe
+
+    return TrainingRecipe(compose([*QUICK, *overrides], tmp_path), overrides).setup()
+
+
 def compose(overrides: list[str] | None = None, tmp_path: Path | None = None):
     """Compose conf/train.yaml as the CLI would, with run paths pointed at tmp_path."""
     from hydra import compose as hydra_compose

@@ -31,8 +31,8 @@ FROZEN = [
     *TINY, "trainer.num_threads=1", "deterministic=true", "freeze=full", "trainer.epochs=2", "data.max_train_examples=64",
     "data.max_eval_examples=32", "checkpoint.export=false", "report=false",
 ]
-LRS_A = ["1e-2", "3e-2"]  # the joblib sweep
-LR_B = "1e-2"  # the other sweep: the same job as A's first, run at the same time
+LRS_A = ["0.01", "0.03"]  # the joblib sweep
+LR_B = "0.01"  # the other sweep: the same job as A's first, run at the same time
 
 
 def _env(cwd: Path, cache: Path) -> dict:

@@ -13,28 +13,15 @@ import sys
 import pytest
 import torch
 
-from conftest import TINY, compose
+from conftest import make_recipe
 
 import emotrain.training.precision as precision_mod
 from emotrain.training.precision import cpu_supports_bf16, resolve_precision
 
 CPU = torch.device("cpu")
-QUICK = [*TINY, "checkpoint=none", "report=false", "data.max_eval_examples=16", "trainer.num_threads=1"]
 NATIVE_BF16 = cpu_supports_bf16()
 
 
-@pytest.fixture(autouse=True)
-def _restore_threads():
-    """trainer.num_threads calls torch.set_num_threads for the whole process: put it back."""
-    n = torch.get_num_threads()
-    yield
-    torch.set_num_threads(n)
-
-
-def make_recipe(overrides: list[str], tmp_path):
-    from emotrain.train import TrainingRecipe
-
-    return TrainingRecipe(compose([*QUICK, *overrides], tmp_path), overrides).setup()
 
 
 def record_head_dtypes(model) -> list[torch.dtype]:

@@ -53,7 +53,7 @@ def private_runs(tmp_path_factory):
     (work / "pii.csv").write_text(_pii_table(), encoding="utf-8")
     assert set(_leaks((work / "pii.csv").read_bytes())) == set(PII)  # the scanner sees them where they are
     # A val file whose label column holds texts (columns mixed up), and a train file without its header row.
-    (work / "pii_val.csv").write_text("label,text\njoy,fine\njoy,write olivia.hart@example.com or call +1 (415) 555-0134\n", encoding="utf-8")
+    (work / "pii_val.csv").write_text("text,label\nfine,joy\njoy,write olivia.hart@example.com or call +1 (415) 555-0134\n", encoding="utf-8")
     (work / "no_header.csv").write_text("contact olivia.hart@example.com,joy\nurgent: https://private.example.org/u/olivia?token=93af,fear\n", encoding="utf-8")
     table = ["data=table", "+data.tasks.emotion.column=label"]
     cases = [
@@ -61,7 +61,7 @@ def private_runs(tmp_path_factory):
                                      "data.max_eval_examples=null", "trainer.log_every_steps=1"], valid=True),
         Case("frozen_with_feature_cache", [*table, "data.train_file={work}/pii.csv", "freeze=full"], valid=True),
         Case("label_cell_holds_text", [*table, "data.train_file={work}/pii.csv", "data.val_file={work}/pii_val.csv"], ["pii_val.csv line 3", "[EMAIL]"]),
-        Case("file_without_header", [*table, "data.train_file={work}/no_header.csv"], ["no_header.csv", "no column 'text'", "[EMAIL]", "[URL]"]),
+        Case("file_without_header", [*table, "data.train_file={work}/no_header.csv"], ["no_header.csv", "no column 'text'", "'contact [EMAIL]'"]),
         Case("text_as_label_column", ["data=table", "+data.tasks.emotion.column=text", "data.train_file={work}/pii.csv"], ["only 1 example"]),
     ]
     return work, cases, run_batch(cases, work)

@@ -17,7 +17,7 @@ import torch
 import torch.nn.functional as F
 from omegaconf import OmegaConf
 
-from conftest import TINY, compose
+from conftest import compose, make_recipe
 
 from emotrain.config import LossConfig, OptimConfig, SchedulerConfig
 from emotrain.data.types import TaskSpec
@@ -25,22 +25,8 @@ from emotrain.errors import ConfigError
 from emotrain.training.losses import MultiTaskLoss
 from emotrain.training.schedulers import build_scheduler
 
-# Tiny backbone, no checkpoints or report, one thread (the CPU is shared): each run takes a fraction of a second.
-QUICK = [*TINY, "checkpoint=none", "report=false", "data.max_eval_examples=16", "trainer.num_threads=1"]
 
 
-@pytest.fixture(autouse=True)
-def _restore_threads():
-    """trainer.num_threads calls torch.set_num_threads for the whole process: put it back."""
-    n = torch.get_num_threads()
-    yield
-    torch.set_num_threads(n)
-
-
-def make_recipe(overrides: list[str], tmp_path):
-    from emotrain.train import TrainingRecipe
-
-    return TrainingRecipe(compose([*QUICK, *overrides], tmp_path), overrides).setup()
 
 
 def snapshot(model) -> dict[str, torch.Tensor]:
@@ -462,7 +448,7 @@ def test_grad_accumulation_4x8_equals_one_batch_of_32(tmp_path, caplog):
         moved += not torch.equal(after_a[name], init_a[name])
     assert moved == len(after_a)
     assert r_b.save()["effective_batch_size"] == 32
-    assert any("batch=8 x accum 4 = effective batch 32" in rec.getMessage() for rec in caplog.records)
+    assert any("batch=8 x accum 4 x processes 1 = effective batch 32" in rec.getMessage() for rec in caplog.records)
 
 
 def test_accumulation_is_not_a_smaller_batch(tmp_path):

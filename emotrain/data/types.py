@@ -24,7 +24,15 @@ class TaskSpec:
 
     @classmethod
     def from_dict(cls, d: dict) -> "TaskSpec":
-        return cls(name=str(d["name"]), labels=tuple(str(x) for x in d["labels"]), multilabel=bool(d["multilabel"]))
+        """From `to_dict()` output (checkpoints, bundles); ValueError naming what is wrong."""
+        if not isinstance(d, dict):
+            raise ValueError(f"a task must be an object, got {type(d).__name__}")
+        labels = d.get("labels")
+        if not isinstance(labels, list) or not labels or not all(isinstance(x, str) for x in labels):
+            raise ValueError(f"task {d.get('name')!r}: labels must be a non-empty list of strings")
+        if len(set(labels)) != len(labels):
+            raise ValueError(f"task {d.get('name')!r}: duplicate label names")
+        return cls(name=str(d["name"]), labels=tuple(labels), multilabel=bool(d["multilabel"]))
 
 
 @dataclass

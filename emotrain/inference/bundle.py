@@ -1,6 +1,6 @@
 """The deployment bundle format: reading and validating ``bundle.json``.
 
-Torch-free (standard library only): the ONNX engine imports this module.
+Torch-free (standard library and numpy): the ONNX engine imports this module.
 
 A bundle directory, written by :func:`emotrain.inference.export_bundle`::
 
@@ -21,6 +21,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from emotrain.data.types import TaskSpec
 from emotrain.errors import CheckpointError
 
 BUNDLE_FORMAT = "emotrain-bundle"
@@ -60,31 +61,8 @@ def one_line(text: Any, limit: int = 160) -> str:
     return s if len(s) <= limit else s[: limit - 3] + "..."
 
 
-@dataclass(frozen=True)
-class TaskInfo:
-    """One prediction head: label names in output order, multi-label or not."""
-
-    name: str
-    labels: tuple[str, ...]
-    multilabel: bool
-
-    @property
-    def num_labels(self) -> int:
-        return len(self.labels)
-
-    def to_dict(self) -> dict:
-        return {"name": self.name, "labels": list(self.labels), "multilabel": self.multilabel}
-
-    @classmethod
-    def from_dict(cls, d: Any) -> "TaskInfo":
-        if not isinstance(d, dict):
-            raise ValueError(f"a task must be an object, got {type(d).__name__}")
-        labels = d["labels"]
-        if not isinstance(labels, list) or not labels or not all(isinstance(x, str) for x in labels):
-            raise ValueError(f"task {d.get('name')!r}: labels must be a non-empty list of strings")
-        if len(set(labels)) != len(labels):
-            raise ValueError(f"task {d.get('name')!r}: duplicate label names")
-        return cls(name=str(d["name"]), labels=tuple(labels), multilabel=bool(d["multilabel"]))
+# Task definitions are the data layer's (numpy only, no torch): one format for checkpoints and bundles.
+TaskInfo = TaskSpec
 
 
 def normalize_thresholds(tasks: list[TaskInfo], thresholds: Any, *, where: str = "thresholds") -> dict[str, list[float]]:
