@@ -1,10 +1,10 @@
 """`python -m emotrain [group=option ...] [key=value ...]`: the Hydra entry point (console script `emotrain`).
 
 User errors end the command with one line on stderr, `emotrain: error: ...`, and exit
-status 2: a config override Hydra cannot compose (wrong type, unknown key or option), an
-EmotrainError (bad data, impossible config, unusable checkpoint, diverged training) and an
-OSError (a run directory that cannot be written, a full disk). The run directory keeps
-status.json with the reason. HYDRA_FULL_ERROR=1 adds the full traceback.
+status 2: a config override Hydra cannot compose (wrong type, unknown key or option) or
+resolve, an EmotrainError (bad data, impossible config, unusable checkpoint, diverged
+training) and an OSError (a run directory that cannot be written, a full disk). The run
+directory keeps status.json with the reason. HYDRA_FULL_ERROR=1 adds the full traceback.
 
 Under torchrun (`torchrun --nproc_per_node=N -m emotrain ...`) every process runs this:
 only rank 0 writes status.json, and the other ranks prefix their error lines with
@@ -24,7 +24,7 @@ import hydra
 from hydra.core.hydra_config import HydraConfig
 from hydra.errors import CompactHydraException
 from hydra.types import RunMode
-from omegaconf import DictConfig
+from omegaconf import DictConfig, OmegaConf
 from omegaconf.errors import OmegaConfBaseException
 
 import emotrain.config  # noqa: F401  (registers the structured-config schemas)
@@ -176,7 +176,8 @@ def hydra_main(cfg: DictConfig) -> float | None:
     from emotrain.train import TrainingDiverged, TrainingInterrupted, run  # heavy imports after Hydra has parsed the command line
 
     hc = HydraConfig.get()
-    overrides = list(hc.overrides.task)
+    # As typed: iterating the ListConfig would resolve "${...}" inside override strings (and fail on a bad one).
+    overrides = [str(o) for o in OmegaConf.to_container(hc.overrides.task, resolve=False)]
     out_dir = Path(hc.runtime.output_dir)
     try:
         results = run(cfg, overrides=overrides)
@@ -187,11 +188,13 @@ def hydra_main(cfg: DictConfig) -> float | None:
         if ddp.is_main_process():  # the other ranks stopped with it; rank 0 saved the checkpoint
             print(f"emotrain: {e}", file=sys.stderr)
         sys.exit(130)  # the shell's code for "ended by Ctrl-C"
-    except (EmotrainError, OSError) as e:
+    except (EmotrainError, OSError, OmegaConfBaseException) as e:
         if isinstance(e, EmotrainError):
             message, status = _one_line(e), ("diverged" if isinstance(e, TrainingDiverged) else "failed")
-        else:
+        elif isinstance(e, OSError):
             message, status = os_error_message(e), "failed"
+        else:  # a config value that cannot be resolved (e.g. ${oc.env:...} of an unset variable)
+            message, status = hydra_error_line(e), "failed"
         _write_status(out_dir, {"status": status, "error": message, "overrides": overrides})
         log.error("%s", message)
         if hc.mode == RunMode.MULTIRUN:

@@ -7,11 +7,10 @@ from __future__ import annotations
 import csv
 import io
 import random
-from pathlib import Path
 
 import pytest
 
-from test_bad_inputs import QUICK, Case, run_batch
+from test_bad_inputs import Case, run_batch
 
 PII = [
     "olivia.hart@example.com",
