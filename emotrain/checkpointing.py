@@ -373,6 +373,18 @@ def load_checkpoint(path, model=None, optimizer=None, scheduler=None, scaler=Non
 # --------------------------------------------------------------------------- retention
 
 
+def update_checkpoint_extra(path, updates: dict) -> Path:
+    """Merge `updates` (plain types) into a checkpoint's `extra`, rewriting it atomically.
+
+    Used for what is only known after training, e.g. the decision thresholds tuned on val.
+    """
+    path = Path(path)
+    ckpt = _read_checkpoint(path, "cpu")
+    ckpt["extra"] = {**(ckpt.get("extra") or {}), **_plain(dict(updates))}
+    atomic_write(path, lambda fh: torch.save(ckpt, fh), binary=True)
+    return path
+
+
 def _checkpoint_dir(path: Path) -> Path:
     return path / CHECKPOINT_DIR if (path / CHECKPOINT_DIR).is_dir() else path
 

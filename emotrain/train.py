@@ -602,6 +602,11 @@ class TrainingRecipe:
         cfg, state = self.cfg, self.state
         self.model.load_state_dict(self.best_weights)
         thresholds = self.decision_thresholds()
+        if thresholds and self.checkpoints is not None and self.checkpoints.best_path is not None:
+            from emotrain.checkpointing import update_checkpoint_extra
+
+            # The thresholds belong to the best weights: store them with that checkpoint too.
+            update_checkpoint_extra(self.checkpoints.best_path, {"thresholds": thresholds})
         final_val = state.history[-1]["val"] if state.history else {}
         test = {"metrics": {}, "per_class": {}, "at_0.5": {}}
         confusion = {}

@@ -195,3 +195,27 @@ def test_submitit_presets_compose(preset, target):
     if preset == "slurm":
         cfg = compose_hydra(["hydra/launcher=slurm", "hydra.launcher.partition=gpu", "hydra.launcher.gpus_per_node=2"])
         assert cfg.hydra.launcher.partition == "gpu" and cfg.hydra.launcher.gpus_per_node == 2
+
+
+def test_submitit_local_sweep_runs_and_summarizes(tmp_path):
+    """hydra/launcher=slurm_local (submitit's local executor) runs a real sweep; summarize reads it."""
+    pytest.importorskip("hydra_plugins.hydra_submitit_launcher")
+    import subprocess
+    import sys
+
+    sweep_dir = tmp_path / "sweep"
+    cmd = [
+        sys.executable, "-m", "emotrain", "-m", "hydra/launcher=slurm_local", "backbone=tiny", "precision=fp32",
+        "trainer.epochs=1", "trainer.progress=false", "checkpoint=none", "report=false", "trainer.num_threads=1",
+        "data.max_train_examples=48", "data.max_eval_examples=16", "optim.lr=1e-4,1e-3", f"hydra.sweep.dir={sweep_dir}",
+    ]
+    proc = subprocess.run(cmd, cwd=REPO_ROOT, capture_output=True, text=True, timeout=300)
+    assert proc.returncode == 0, proc.stderr[-2000:]
+    jobs = sorted(sweep_dir.glob("*/metrics.json"))
+    assert len(jobs) == 2
+    summary = subprocess.run([sys.executable, "-m", "emotrain.summarize", str(sweep_dir), "--no-write"], cwd=REPO_ROOT, capture_output=True, text=True, timeout=120)
+    assert summary.returncode == 0, summary.stderr[-2000:]
+    assert "Jobs: 2 of 2 completed, 2 groups" in summary.stdout
+    ranked = [line.split() for line in summary.stdout.splitlines() if line.strip()[:1].isdigit() and "0.00" in line]
+    best = {json.loads(p.read_text())["config"]["optim"]["lr"]: json.loads(p.read_text())["objective"]["value"] for p in jobs}
+    assert float(ranked[0][1]) == min(best, key=best.get)  # lowest val loss ranked first

@@ -49,6 +49,15 @@ def test_goemotions_slice_trains_three_multilabel_tasks(tmp_path, goemotions_sli
     assert len(tasks["emotion"]["labels"]) == 28 and len(tasks["ekman"]["labels"]) == 7 and len(tasks["sentiment"]["labels"]) == 4
     assert "emotion/subset_accuracy" in results["test"]
     assert results["data_sizes"] == {"train": 400, "val": 120, "test": 120}
+    # Per-label thresholds tuned on val: in metrics.json and stored with the best checkpoint.
+    from emotrain.checkpointing import load_checkpoint, resolve_checkpoint
+
+    thresholds = results["thresholds"]
+    assert set(thresholds) == {"emotion", "ekman", "sentiment"} and len(thresholds["emotion"]) == 28
+    assert all(0.05 <= x <= 0.95 for x in thresholds["emotion"])
+    best = load_checkpoint(resolve_checkpoint(tmp_path / "run", "best"))
+    assert best["extra"]["thresholds"] == thresholds
+    assert results["test_at_0.5"] and "emotion/macro_f1" in results["test_at_0.5"]
 
 
 @pytest.mark.parametrize("fmt", ["csv", "tsv", "jsonl", "parquet"])
