@@ -35,7 +35,7 @@ import torch
 
 from emotrain.data.types import TaskSpec
 from emotrain.errors import CheckpointError
-from emotrain.io import atomic_write, write_json
+from emotrain.io import atomic_write, finite_or_none, json_safe, write_json
 from emotrain.reproducibility import capture_rng_state, git_info, library_versions, restore_rng_state
 
 log = logging.getLogger(__name__)
@@ -96,19 +96,6 @@ def _plain(obj, keep_tuples: bool = False):
     raise TypeError(f"cannot store a {type(obj).__name__} in a checkpoint; convert it to plain types or tensors")
 
 
-def _json_safe(obj):
-    """Plain JSON: tensors to lists, non-finite floats to None."""
-    if isinstance(obj, torch.Tensor):
-        return _json_safe(obj.tolist())
-    if isinstance(obj, float):
-        return obj if math.isfinite(obj) else None
-    if isinstance(obj, dict):
-        return {k: _json_safe(v) for k, v in obj.items()}
-    if isinstance(obj, (list, tuple)):
-        return [_json_safe(v) for v in obj]
-    return obj
-
-
 def _unwrap(model: torch.nn.Module) -> torch.nn.Module:
     """The bare model under DistributedDataParallel / torch.compile wrappers."""
     for _ in range(4):
@@ -130,16 +117,6 @@ def _cfg_get(cfg, dotted: str, default=None):
             return default
         node = node[part]
     return default if node is None else node
-
-
-def _finite_or_none(value):
-    if value is None:
-        return None
-    try:
-        value = float(value)
-    except (TypeError, ValueError):
-        return None
-    return value if math.isfinite(value) else None
 
 
 class CheckpointWriteError(CheckpointError, OSError):
@@ -492,7 +469,7 @@ class CheckpointManager:
                 value = val_loss
             else:
                 raise CheckpointError(f"monitor={self.monitor}: not in val_metrics ({', '.join(map(str, metrics)) or 'empty'}); pass value= or a known metric")
-        value = _finite_or_none(value)
+        value = finite_or_none(value)
         path = _save(
             model, optimizer, scheduler, epoch, val_loss, val_metrics, hyperparameters, self.output_dir, self.prefix,
             global_step=global_step, scaler_state=scaler_state, tasks=tasks, extra=extra,
@@ -511,7 +488,7 @@ class CheckpointManager:
             pointers.append(("best.json", self._pointer(self.best)))
         for name, content in pointers:
             try:
-                write_json(self.dir / name, _json_safe(content))
+                write_json(self.dir / name, json_safe(content))
             except OSError as e:
                 raise _write_error(self.dir / name, e, "update") from e
         for r in dropped:
@@ -575,12 +552,12 @@ def export_model(checkpoint_path, out_dir, tokenizer, *, thresholds: dict | None
     # Build everything in a staging dir next to out_dir, then move files in; emotrain_model.json goes last.
     staging = Path(tempfile.mkdtemp(prefix=f".{out_dir.name}.", suffix=".tmp", dir=out_dir.parent))
     try:
-        write_json(staging / "config.json", _json_safe(ckpt["encoder_config"]))
+        write_json(staging / "config.json", json_safe(ckpt["encoder_config"]))
         # clone(): safetensors refuses tensors that share storage (tied weights).
         tensors = {k: v.detach().cpu().contiguous().clone() for k, v in state.items()}
         save_file(tensors, str(staging / "model.safetensors"), metadata={"format": "pt"})
         tokenizer.save_pretrained(str(staging))
-        write_json(staging / EXPORT_META, _json_safe(meta))
+        write_json(staging / EXPORT_META, json_safe(meta))
         names = sorted((p for p in staging.iterdir() if p.name != EXPORT_META), key=lambda p: p.name) + [staging / EXPORT_META]
         for p in names:
             target = out_dir / p.name

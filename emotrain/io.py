@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import math
 import os
 import tempfile
 from pathlib import Path
@@ -52,3 +53,27 @@ def _json_default(o):
     if hasattr(o, "value"):  # enums
         return o.value
     raise TypeError(f"not JSON serialisable: {type(o).__name__}")
+
+
+def finite_or_none(value) -> float | None:
+    """A finite float, or None (missing, NaN, inf, bool, non-numeric)."""
+    if value is None or isinstance(value, bool):
+        return None
+    try:
+        value = float(value)
+    except (TypeError, ValueError):
+        return None
+    return value if math.isfinite(value) else None
+
+
+def json_safe(obj):
+    """Plain JSON: tensors/arrays to lists, non-finite floats to None (JSON has no NaN)."""
+    if hasattr(obj, "tolist") and not isinstance(obj, (str, bytes)):
+        return json_safe(obj.tolist())
+    if isinstance(obj, float):
+        return obj if math.isfinite(obj) else None
+    if isinstance(obj, dict):
+        return {k: json_safe(v) for k, v in obj.items()}
+    if isinstance(obj, (list, tuple)):
+        return [json_safe(v) for v in obj]
+    return obj

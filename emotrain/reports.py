@@ -26,7 +26,7 @@ from matplotlib.backends.backend_agg import FigureCanvasAgg  # noqa: E402
 from matplotlib.figure import Figure  # noqa: E402
 from matplotlib.ticker import MaxNLocator  # noqa: E402
 
-from emotrain.io import atomic_write, write_json  # noqa: E402
+from emotrain.io import atomic_write, finite_or_none, write_json  # noqa: E402
 
 log = logging.getLogger(__name__)
 
@@ -39,17 +39,6 @@ OVERALL = "overall"
 # --------------------------------------------------------------------------- helpers
 
 
-def _num(x) -> float | None:
-    """A finite float, or None (missing, NaN, inf, non-numeric)."""
-    if x is None or isinstance(x, bool):
-        return None
-    try:
-        x = float(x)
-    except (TypeError, ValueError):
-        return None
-    return x if math.isfinite(x) else None
-
-
 def _fmt(x) -> str:
     """Numbers with 4 decimals, "n/a" for missing / non-finite."""
     if x is None:
@@ -58,7 +47,7 @@ def _fmt(x) -> str:
         return str(bool(x))
     if isinstance(x, (int, np.integer)):
         return str(int(x))
-    v = _num(x)
+    v = finite_or_none(x)
     if v is None:
         return "n/a" if isinstance(x, (float, np.floating)) else str(x)
     return f"{v:.4f}"
@@ -127,7 +116,7 @@ def _series(values, key=None) -> tuple[list[int], list[float]]:
     for i, v in enumerate(values or [], start=1):
         if key is not None:
             v = v.get(key) if isinstance(v, Mapping) else None
-        v = _num(v)
+        v = finite_or_none(v)
         if v is not None:
             xs.append(i)
             ys.append(v)
@@ -146,7 +135,7 @@ def _best(val_losses) -> tuple[int | None, float | None]:
     """1-based epoch of the lowest finite validation loss (first one on ties) and that loss."""
     best_epoch, best = None, None
     for i, v in enumerate(val_losses or [], start=1):
-        v = _num(v)
+        v = finite_or_none(v)
         if v is not None and (best is None or v < best):
             best_epoch, best = i, v
     return best_epoch, best
@@ -245,7 +234,7 @@ def plot_metric_curves(train_metrics, val_metrics, path: Path, title: str) -> Pa
 
 def plot_per_class_f1(task: str, table: Mapping, path: Path, title: str) -> Path:
     """Horizontal F1 bars, best at the top, each annotated with F1 and support; height grows with the labels."""
-    rows = [(str(label), _num((m or {}).get("f1")) or 0.0, (m or {}).get("support")) for label, m in table.items()]
+    rows = [(str(label), finite_or_none((m or {}).get("f1")) or 0.0, (m or {}).get("support")) for label, m in table.items()]
     rows.sort(key=lambda r: r[1])  # barh draws bottom-up: best ends on top
     n = len(rows)
     fig = Figure(figsize=(9, max(3.0, 0.3 * n + 1.6)), layout="constrained")

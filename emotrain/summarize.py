@@ -41,7 +41,7 @@ from datetime import datetime
 from pathlib import Path
 from typing import Any, Callable, Iterable, Sequence
 
-from emotrain.io import atomic_write, write_json
+from emotrain.io import atomic_write, json_safe, write_json
 
 log = logging.getLogger(__name__)
 
@@ -298,17 +298,6 @@ def _pm(stats: dict) -> str:
     return f"{_fmt(stats['mean'])} ± {_fmt(stats['std'])}"
 
 
-def _clean(obj: Any) -> Any:
-    """NaN -> null for JSON."""
-    if isinstance(obj, float):
-        return obj if math.isfinite(obj) else None
-    if isinstance(obj, dict):
-        return {k: _clean(v) for k, v in obj.items()}
-    if isinstance(obj, (list, tuple)):
-        return [_clean(v) for v in obj]
-    return obj
-
-
 def available_metrics(jobs: Sequence[Job]) -> list[str]:
     keys: dict[str, None] = {}
     for j in jobs:
@@ -503,7 +492,7 @@ def _kfold_summary(sweep_dir: Path, jobs: list[Job], metrics, mode, objective, s
         "folds": per_fold,
         "summary": stats,
     }
-    return Summary(kind="kfold", text="\n".join(lines), data=_clean(data), complete=complete, table=pd.DataFrame(per_fold))
+    return Summary(kind="kfold", text="\n".join(lines), data=json_safe(data), complete=complete, table=pd.DataFrame(per_fold))
 
 
 def _sweep_summary(sweep_dir: Path, jobs: list[Job], groups: dict, metrics, mode, objective, stamp, aggregate: Sequence[str] = ()) -> Summary:
@@ -590,7 +579,7 @@ def _sweep_summary(sweep_dir: Path, jobs: list[Job], groups: dict, metrics, mode
             for j in jobs
         ],
     }
-    return Summary(kind="sweep", text="\n".join(lines), data=_clean(data), complete=complete, table=table)
+    return Summary(kind="sweep", text="\n".join(lines), data=json_safe(data), complete=complete, table=table)
 
 
 def write_summary(summary: Summary, sweep_dir: str | Path) -> list[Path]:
