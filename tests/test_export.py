@@ -138,12 +138,19 @@ def test_threshold_sources(goemotions_run, tmp_path):
     assert_same_thresholds(json.loads((out / "bundle.json").read_text())["thresholds"], tuned)
 
     # A bare checkpoint (outside any run): its extra["thresholds"], else 0.5.
+    # The best checkpoint carries the tuned thresholds itself (written at the end of training).
     ckpt = torch.load(best, weights_only=True)
     bare = tmp_path / "bare.pt"
     torch.save(ckpt, bare)
     out = export_bundle(bare, quantize=False, check=False, tokenizer=tok)
     assert out == tmp_path / "bare_bundle"  # default: next to the checkpoint
     meta = json.loads((out / "bundle.json").read_text())
+    assert "extra" in meta["thresholds_source"]
+    assert_same_thresholds(meta["thresholds"], tuned)
+
+    del ckpt["extra"]["thresholds"]
+    torch.save(ckpt, bare)
+    meta = json.loads((export_bundle(bare, quantize=False, check=False, tokenizer=tok) / "bundle.json").read_text())
     assert meta["thresholds_source"] == "default 0.5"
     assert all(v == [0.5] * len(v) for v in meta["thresholds"].values())
 
