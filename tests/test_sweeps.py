@@ -219,3 +219,14 @@ def test_submitit_local_sweep_runs_and_summarizes(tmp_path):
     ranked = [line.split() for line in summary.stdout.splitlines() if line.strip()[:1].isdigit() and "0.00" in line]
     best = {json.loads(p.read_text())["config"]["optim"]["lr"]: json.loads(p.read_text())["objective"]["value"] for p in jobs}
     assert float(ranked[0][1]) == min(best, key=best.get)  # lowest val loss ranked first
+
+
+def test_slurm_preset_reads_defaults_from_the_environment(monkeypatch):
+    pytest.importorskip("hydra_plugins.hydra_submitit_launcher")
+    monkeypatch.setenv("EMOTRAIN_SLURM_PARTITION", "a100")
+    monkeypatch.setenv("EMOTRAIN_SLURM_GPUS", "4")
+    monkeypatch.setenv("EMOTRAIN_SLURM_TIME_MIN", "90")
+    launcher = compose_hydra(["hydra/launcher=slurm"]).hydra.launcher
+    assert (launcher.partition, launcher.gpus_per_node, launcher.timeout_min, launcher.cpus_per_task) == ("a100", 4, 90, 8)
+    # The command line still wins over the environment.
+    assert compose_hydra(["hydra/launcher=slurm", "hydra.launcher.gpus_per_node=1"]).hydra.launcher.gpus_per_node == 1
