@@ -26,12 +26,13 @@ from hydra.errors import CompactHydraException
 from hydra.experimental.callback import Callback
 from hydra.types import RunMode
 from omegaconf import DictConfig, OmegaConf
+from emotrain.config import choice
 
 log = logging.getLogger("emotrain")
 
 
 def _optuna_direction(mode: Any) -> str:
-    value = str(getattr(mode, "value", mode))
+    value = choice(mode)
     directions = {"min": "minimize", "max": "maximize", "minimize": "minimize", "maximize": "maximize"}
     if value not in directions:
         raise ValueError(f"trainer.monitor_mode={value}: use min or max")
@@ -78,7 +79,7 @@ def check_fold_sweep(config: DictConfig) -> None:
         log.debug("fold check skipped: %s", e)
         return
     cv = config.get("cv")
-    base_kind = str(getattr(cv.kind, "value", cv.kind)) if cv is not None else None
+    base_kind = choice(cv.kind) if cv is not None else None
     small_k: dict[int, list[int]] = {}  # k -> job numbers
     bad_folds: dict[int, list[tuple[int, int]]] = {}  # k -> (fold, job number)
     for num, overrides in enumerate(jobs):

@@ -33,6 +33,7 @@ from pathlib import Path
 import numpy as np
 import torch
 
+from emotrain.config import choice
 from emotrain.data.types import TaskSpec
 from emotrain.errors import CheckpointError
 from emotrain.io import atomic_write, finite_or_none, json_safe, write_json
@@ -407,7 +408,7 @@ class CheckpointManager:
     """
 
     def __init__(self, output_dir, prefix: str = "emotrain", save_top_k: int = 1, monitor: str = "loss", mode: str = "min"):
-        mode = str(getattr(mode, "value", mode))
+        mode = choice(mode)
         if mode not in ("min", "max"):
             raise CheckpointError(f"mode={mode!r}: use 'min' or 'max'")
         if save_top_k < -1:

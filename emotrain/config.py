@@ -18,6 +18,26 @@ from typing import Any, Dict, List, Optional
 from hydra.core.config_store import ConfigStore
 from omegaconf import MISSING
 
+# --------------------------------------------------------------------------- helpers
+
+
+def choice(value) -> str:
+    """A config choice as a plain string: enum members (structured configs) give their value."""
+    return str(getattr(value, "value", value))
+
+
+def flatten_dict(d: dict, prefix: str = "") -> dict:
+    """{"a": {"b": 1}, "e": {}} -> {"a.b": 1, "e": {}}: dotted keys; lists and empty dicts stay values."""
+    out: dict = {}
+    for k, v in d.items():
+        key = f"{prefix}.{k}" if prefix else str(k)
+        if isinstance(v, dict) and v:
+            out.update(flatten_dict(v, key))
+        else:
+            out[key] = v
+    return out
+
+
 # --------------------------------------------------------------------------- enums
 
 

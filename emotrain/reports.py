@@ -26,6 +26,7 @@ from matplotlib.backends.backend_agg import FigureCanvasAgg  # noqa: E402
 from matplotlib.figure import Figure  # noqa: E402
 from matplotlib.ticker import MaxNLocator  # noqa: E402
 
+from emotrain.config import flatten_dict  # noqa: E402
 from emotrain.io import atomic_write, finite_or_none, write_json  # noqa: E402
 
 log = logging.getLogger(__name__)
@@ -85,16 +86,9 @@ def _plain(obj):
 def flatten_config(cfg, prefix: str = "") -> dict:
     """{"a": {"b": 1}} -> {"a.b": 1}; lists stay values."""
     cfg = _plain(cfg) if cfg is not None else {}
-    out: dict = {}
     if not isinstance(cfg, dict):
         return {prefix or "value": cfg}
-    for k, v in cfg.items():
-        key = f"{prefix}.{k}" if prefix else str(k)
-        if isinstance(v, dict) and v:
-            out.update(flatten_config(v, key))
-        else:
-            out[key] = v
-    return out
+    return flatten_dict(cfg, prefix)
 
 
 def _save_figure(fig: Figure, path: Path) -> Path:

@@ -30,6 +30,7 @@ from urllib.parse import urlsplit, urlunsplit
 # Must be set before mlflow is imported anywhere (our code never reports usage data).
 os.environ.setdefault("MLFLOW_DISABLE_TELEMETRY", "true")
 
+from emotrain.config import flatten_dict  # noqa: E402
 from emotrain.errors import ConfigError  # noqa: E402
 
 log = logging.getLogger(__name__)
@@ -79,11 +80,7 @@ def _stringify(value) -> str:
 def flatten_params(config: dict, max_length: int = 500, prefix: str = "") -> dict[str, str]:
     """Nested config -> {"optim.lr": "0.0001", ...}; empty dicts kept as "{}", long values cut."""
     out: dict[str, str] = {}
-    for k, v in config.items():
-        key = f"{prefix}{k}"
-        if isinstance(v, dict) and v:
-            out.update(flatten_params(v, max_length, key + "."))
-            continue
+    for key, v in flatten_dict(config, prefix.rstrip(".")).items():
         text = _stringify(v)
         if key == "logger.tracking_uri":
             text = redact_uri(text)

@@ -30,6 +30,7 @@ import torch
 from omegaconf import DictConfig, OmegaConf
 from tqdm import tqdm
 
+from emotrain.config import choice, flatten_dict
 from emotrain.data.cv import apply_cv, kfold_split
 from emotrain.data.loading import load_data
 from emotrain.data.types import DataBundle, Split
@@ -87,10 +88,6 @@ def stop_on_sigint(recipe: "TrainingRecipe"):
         signal.signal(signal.SIGINT, previous)
 
 
-def _value(x):
-    """Enum members from structured configs -> their plain value."""
-    return getattr(x, "value", x)
-
 
 # --------------------------------------------------------------------------- config checks
 
@@ -129,7 +126,7 @@ def validate_config(cfg: DictConfig) -> None:
         raise ConfigError("data.val_fraction + data.test_fraction must be < 1")
     if cfg.backbone.kind == "tiny" and cfg.backbone.hidden_size % cfg.backbone.num_heads:
         raise ConfigError(f"backbone.hidden_size={cfg.backbone.hidden_size} must be divisible by backbone.num_heads={cfg.backbone.num_heads}")
-    if _value(cfg.cv.kind) == "kfold":
+    if choice(cfg.cv.kind) == "kfold":
         if cfg.cv.k < 2:
             raise ConfigError(f"cv.k={cfg.cv.k}: k-fold needs k >= 2")
         if not 0 <= cfg.cv.fold < cfg.cv.k:
@@ -158,20 +155,9 @@ def check_monitor(cfg: DictConfig, bundle: DataBundle) -> None:
 SHAPE_KEYS = ("backbone.kind", "backbone.name", "backbone.path", "backbone.hidden_size", "backbone.num_layers", "backbone.num_heads", "backbone.intermediate_size", "backbone.pooling")
 
 
-def _flatten(d: dict, prefix: str = "") -> dict:
-    out = {}
-    for k, v in d.items():
-        key = f"{prefix}{k}"
-        if isinstance(v, dict):
-            out.update(_flatten(v, key + "."))
-        else:
-            out[key] = v
-    return out
-
-
 def compare_resume_config(saved: dict, current: dict, saved_tasks: list[dict], current_tasks: list[dict]) -> list[str]:
     """Raise on changes to model shape or tasks; return the other changed keys (to log)."""
-    a, b = _flatten(saved), _flatten(current)
+    a, b = flatten_dict(saved), flatten_dict(current)
     changed = sorted(k for k in set(a) | set(b) if a.get(k) != b.get(k) and not k.startswith("paths.") and k != "resume")
     shape = [k for k in changed if k in SHAPE_KEYS]
     if saved_tasks != current_tasks:
@@ -250,7 +236,7 @@ class TrainingRecipe:
         self.device, _ = get_device()
         if self.dist.distributed:
             self.device = self.dist.device  # cuda:LOCAL_RANK (NCCL) or cpu (gloo)
-        self.requested_precision = str(_value(cfg.precision.mode))
+        self.requested_precision = choice(cfg.precision.mode)
         precision, warning = resolve_precision(self.requested_precision, self.device)
         self.mp_precision = precision
         if warning:
@@ -289,8 +275,8 @@ class TrainingRecipe:
         self.pad_id = self.tokenizer.pad_token_id if self.tokenizer.pad_token_id is not None else 0
         encoder = load_encoder(cfg.backbone, self.root_dir, vocab_size=len(self.tokenizer))
         validate_freeze(cfg.freeze, len(encoder_layers(encoder)))
-        self.model = MultiTaskModel(encoder, bundle.tasks, pooling=str(_value(cfg.backbone.pooling)), dropout=cfg.trainer.dropout).to(self.device)
-        self.frozen_encoder = str(_value(cfg.freeze.mode)) == "full"
+        self.model = MultiTaskModel(encoder, bundle.tasks, pooling=choice(cfg.backbone.pooling), dropout=cfg.trainer.dropout).to(self.device)
+        self.frozen_encoder = choice(cfg.freeze.mode) == "full"
         with ddp.main_process_first():  # data parallel: rank 0 fills the feature cache, the others read it
             self.features = self._cached_features(encoded) if self.frozen_encoder and cfg.freeze.feature_cache else None
 
@@ -308,7 +294,7 @@ class TrainingRecipe:
             self.total_steps = min(self.total_steps, cfg.trainer.max_steps)
         self.scheduler = build_scheduler(self.optimizer, cfg.scheduler, self.total_steps)
         self.mp = MixedPrecisionTrainer(self.device, precision)
-        self.monitor, self.mode = cfg.trainer.monitor, str(_value(cfg.trainer.monitor_mode))
+        self.monitor, self.mode = cfg.trainer.monitor, choice(cfg.trainer.monitor_mode)
         self.stopper = EarlyStopping(cfg.trainer.early_stopping.patience, cfg.trainer.early_stopping.min_delta, self.mode)
         self.state = TrainState()
         self.best_weights = copy.deepcopy(self.model.state_dict())
@@ -331,7 +317,7 @@ class TrainingRecipe:
     def _cached_features(self, encoded: dict) -> dict:
         """Pooled outputs of the frozen encoder for every split, computed once (and cached on disk)."""
         cfg = self.cfg
-        key = content_key("features-v1", encoder_fingerprint(self.model), cfg.backbone.max_length, str(_value(cfg.backbone.pooling)), self.mp_precision, sorted(self.preprocessor.to_dict().items()))
+        key = content_key("features-v1", encoder_fingerprint(self.model), cfg.backbone.max_length, choice(cfg.backbone.pooling), self.mp_precision, sorted(self.preprocessor.to_dict().items()))
         cache = FeatureCache(cfg.paths.cache_dir, key)
         mp = MixedPrecisionTrainer(self.device, self.mp_precision)
         out = {}

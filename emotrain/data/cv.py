@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import logging
 
+from emotrain.config import choice
 from emotrain.data.splitting import kfold_indices
 from emotrain.data.types import DataBundle, Split
 
@@ -17,7 +18,7 @@ def concat_splits(a: Split, b: Split) -> Split:
 
 
 def _kind(cv_cfg) -> str:
-    return str(getattr(cv_cfg.kind, "value", cv_cfg.kind))
+    return choice(cv_cfg.kind)
 
 
 def _pool(bundle: DataBundle, cv_cfg) -> Split:

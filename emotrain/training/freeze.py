@@ -4,12 +4,13 @@ from __future__ import annotations
 
 from torch import nn
 
+from emotrain.config import choice
 from emotrain.errors import ConfigError
 from emotrain.models.backbones import encoder_embeddings, encoder_layers
 
 
 def validate_freeze(freeze_cfg, num_layers: int) -> None:
-    mode = str(getattr(freeze_cfg.mode, "value", freeze_cfg.mode))
+    mode = choice(freeze_cfg.mode)
     if mode == "partial" and not 0 <= freeze_cfg.layers <= num_layers:
         raise ConfigError(f"freeze.layers={freeze_cfg.layers}: the encoder has {num_layers} layers; use 0..{num_layers}")
     if mode == "progressive" and freeze_cfg.every < 1:
@@ -23,7 +24,7 @@ def _set(module: nn.Module, trainable: bool) -> None:
 
 def apply_freeze(model, freeze_cfg, epoch: int) -> int:
     """Set requires_grad for this epoch (0-based). Returns the number of trainable parameters."""
-    mode = str(getattr(freeze_cfg.mode, "value", freeze_cfg.mode))
+    mode = choice(freeze_cfg.mode)
     encoder = model.encoder
     layers = encoder_layers(encoder)
     _set(model, True)

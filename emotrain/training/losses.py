@@ -12,6 +12,8 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from emotrain.config import choice
+from emotrain.data.splitting import class_counts as count_classes
 from emotrain.data.types import TaskSpec
 from emotrain.errors import ConfigError
 
@@ -123,8 +125,8 @@ class MultiTaskLoss(nn.Module):
     def __init__(self, tasks: list[TaskSpec], loss_cfg, class_counts: dict[str, np.ndarray], n_train: int):
         super().__init__()
         self.tasks = list(tasks)
-        kind = str(getattr(loss_cfg.kind, "value", loss_cfg.kind))
-        weighting = str(getattr(loss_cfg.task_weighting, "value", loss_cfg.task_weighting))
+        kind = choice(loss_cfg.kind)
+        weighting = choice(loss_cfg.task_weighting)
         known = {t.name for t in tasks}
         unknown = set(loss_cfg.task_weights) - known
         if unknown:
@@ -179,8 +181,5 @@ class MultiTaskLoss(nn.Module):
 
 
 def class_counts(tasks: list[TaskSpec], targets: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
-    out = {}
-    for t in tasks:
-        y = targets[t.name]
-        out[t.name] = y.sum(0) if t.multilabel else np.bincount(y, minlength=t.num_labels)
-    return out
+    """{task: examples per class (multi-class) or positives per label (multi-label)}."""
+    return {t.name: count_classes(targets[t.name], t.num_labels) for t in tasks}

@@ -10,6 +10,7 @@ import logging
 from functools import lru_cache
 
 import torch
+from emotrain.config import choice
 
 log = logging.getLogger(__name__)
 
@@ -34,7 +35,7 @@ def cpu_supports_bf16() -> bool:
 
 def resolve_precision(requested: str, device: torch.device) -> tuple[str, str | None]:
     """Effective precision for a request on a device, and a warning when it differs."""
-    requested = str(getattr(requested, "value", requested))
+    requested = choice(requested)
     if device.type == "cuda":
         if requested == "auto":
             return "fp16", None

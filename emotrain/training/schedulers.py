@@ -11,6 +11,7 @@ from transformers import (
     get_linear_schedule_with_warmup,
 )
 
+from emotrain.config import choice
 from emotrain.errors import ConfigError
 
 
@@ -25,7 +26,7 @@ def warmup_steps(sched_cfg, total_steps: int) -> int:
 
 
 def build_scheduler(optimizer, sched_cfg, total_steps: int):
-    kind = str(getattr(sched_cfg.kind, "value", sched_cfg.kind))
+    kind = choice(sched_cfg.kind)
     warm = warmup_steps(sched_cfg, total_steps)
     if kind == "linear":
         return get_linear_schedule_with_warmup(optimizer, warm, total_steps)
