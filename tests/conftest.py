@@ -82,10 +82,15 @@ def goemotions_dir() -> Path:
 @pytest.fixture
 def goemotions_slice(tmp_path_factory, goemotions_dir) -> Path:
     """First rows of each shared GoEmotions split, copied into a temp dir (never into the repo)."""
-    out = tmp_path_factory.mktemp("goemotions_slice")
+    return copy_goemotions_slice(goemotions_dir, tmp_path_factory.mktemp("goemotions_slice"))
+
+
+def copy_goemotions_slice(src: Path, out: Path) -> Path:
+    """The first 400 / 120 / 120 rows of train / dev / test and labels.txt, copied into `out`."""
+    out.mkdir(parents=True, exist_ok=True)
     for name, n in (("train.tsv", 400), ("dev.tsv", 120), ("test.tsv", 120)):
-        with open(goemotions_dir / name, encoding="utf-8") as src:
-            lines = [next(src) for _ in range(n)]
+        with open(src / name, encoding="utf-8") as fh:
+            lines = [next(fh) for _ in range(n)]
         (out / name).write_text("".join(lines), encoding="utf-8")
-    (out / "labels.txt").write_text((goemotions_dir / "labels.txt").read_text(encoding="utf-8"), encoding="utf-8")
+    (out / "labels.txt").write_text((src / "labels.txt").read_text(encoding="utf-8"), encoding="utf-8")
     return out

@@ -249,14 +249,19 @@ def test_sigkill_then_resume_equals_an_uninterrupted_run(faults, kill):
     _checkpoint_files_are_whole(runs / f"{kill}_resumed")
 
 
+def _one_error_line(proc) -> str:
+    """The process exited 2 with exactly one non-empty stderr line and no traceback; that line."""
+    assert proc.returncode == 2, proc.stderr[-3000:]
+    lines = [line for line in proc.stderr.splitlines() if line.strip()]
+    assert len(lines) == 1 and "Traceback" not in proc.stderr, proc.stderr[-3000:]
+    return lines[0]
+
+
 def test_divergence_stops_with_one_line_and_keeps_the_last_good_checkpoint(faults):
     runs, first, _ = faults
     proc = first["diverge"]
     run_dir = runs / "diverge"
-    assert proc.returncode == 2, proc.stderr[-3000:]
-    lines = [line for line in proc.stderr.splitlines() if line.strip()]
-    assert len(lines) == 1 and "Traceback" not in proc.stderr, proc.stderr[-3000:]
-    line = lines[0]
+    line = _one_error_line(proc)
     last = resolve_checkpoint(run_dir, "last")
     assert line.startswith("emotrain: error: loss was non-finite for 3 consecutive steps in epoch 2")
     assert f"the last good checkpoint is {last}" in line and f"resume={run_dir}" in line
@@ -282,10 +287,7 @@ def test_full_disk_during_a_checkpoint_write_keeps_the_previous_one(faults):
     runs, first, _ = faults
     proc = first["enospc"]
     run_dir = runs / "enospc"
-    assert proc.returncode == 2, proc.stderr[-3000:]
-    lines = [line for line in proc.stderr.splitlines() if line.strip()]
-    assert len(lines) == 1 and "Traceback" not in proc.stderr, proc.stderr[-3000:]
-    line = lines[0]
+    line = _one_error_line(proc)
     directory = run_dir / "checkpoints"
     assert line.startswith(f"emotrain: error: cannot write the checkpoint {directory}/") and "_epoch002_" in line
     assert "No space left on device" in line and "free disk space" in line and f"resume={run_dir}" in line

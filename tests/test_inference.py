@@ -23,7 +23,7 @@ import pytest
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
 os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
 
-from conftest import GOEMOTIONS_DIR, REPO_ROOT, TINY, train  # noqa: E402
+from conftest import GOEMOTIONS_DIR, REPO_ROOT, TINY, copy_goemotions_slice, train  # noqa: E402
 
 from emotrain.errors import CheckpointError  # noqa: E402
 from emotrain.inference import BundleError, load_engine  # noqa: E402
@@ -45,17 +45,6 @@ TEXTS = [
 _CACHE: dict = {}
 
 
-def _slice(root: Path) -> Path:
-    out = root / "goemotions_slice"
-    out.mkdir(exist_ok=True)
-    for name, n in (("train.tsv", 400), ("dev.tsv", 120), ("test.tsv", 120)):
-        with open(GOEMOTIONS_DIR / name, encoding="utf-8") as src:
-            lines = [next(src) for _ in range(n)]
-        (out / name).write_text("".join(lines), encoding="utf-8")
-    (out / "labels.txt").write_text((GOEMOTIONS_DIR / "labels.txt").read_text(encoding="utf-8"), encoding="utf-8")
-    return out
-
-
 def trained_run(kind: str, tmp_path_factory) -> Path:
     """A finished tiny-backbone run directory: kind "sample" (multi-class) or "goemotions" (multi-label)."""
     key = ("run", kind)
@@ -65,7 +54,7 @@ def trained_run(kind: str, tmp_path_factory) -> Path:
         if kind == "goemotions":
             if not (GOEMOTIONS_DIR / "train.tsv").is_file():
                 pytest.skip(f"GoEmotions not found at {GOEMOTIONS_DIR}")
-            overrides += ["data=goemotions", f"data.dir={_slice(root)}"]
+            overrides += ["data=goemotions", f"data.dir={copy_goemotions_slice(GOEMOTIONS_DIR, root / 'goemotions_slice')}"]
         train(overrides, root)
         _CACHE[key] = root / "run"
     return _CACHE[key]
