@@ -7,7 +7,8 @@ Setting (issue 7): MiniLM-L6, the first N GoEmotions training texts, the 28-labe
 task (multi-label BCE), batch 32, max length 64, lr 1e-4, one epoch, seed 42; fp32 and
 bf16. The Trainer runs with its defaults (dynamic-padding collator, no length grouping).
 Each measurement is a separate process, repeats interleaved so machine noise hits every
-configuration alike. Prints median samples/s, the emotrain/Trainer ratios at the same
+configuration alike. emotrain also runs with length grouping off and with torch's sdpa
+attention instead of its CPU default (eager), to show what each speed-up is worth. Prints median samples/s, the emotrain/Trainer ratios at the same
 precision, the mean tokens per text with and without padding, and the fraction of the
 bf16 compute ceiling reached (960 GFLOP/s bf16 matmul, ~64 MFLOP per token and step,
 measured on this CPU; pass --bf16-gflops / --mflop-per-token for another machine).
@@ -64,7 +65,7 @@ cfg = json.loads(sys.argv[1])
 overrides = ["data=goemotions", f"data.dir={cfg['dir']}", "data.tasks=[emotion]", "backbone=minilm",
     f"backbone.max_length={cfg['max_length']}", f"precision={cfg['precision']}", "trainer.epochs=1",
     f"trainer.batch_size={cfg['batch_size']}", f"optim.lr={cfg['lr']}", "trainer.progress=false",
-    "checkpoint=none", "report=false", "trainer.tune_thresholds=false", f"trainer.length_grouping={cfg['grouping']}"]
+    "checkpoint=none", "report=false", "trainer.tune_thresholds=false", *cfg["extra"]]
 c = compose(overrides, __import__("pathlib").Path(cfg["out"]))
 c.paths.cache_dir = cfg["out"] + "/cache"
 r = run(c, overrides)
@@ -119,15 +120,17 @@ def main() -> None:
         (tmp / "labels.txt").write_text((src / "labels.txt").read_text(encoding="utf-8"), encoding="utf-8")
 
         precisions = args.precisions.split(",")
-        configs = [(f"HF Trainer {p}", HF_CHILD, p, None) for p in precisions]
-        configs += [(f"emotrain {p}", EMOTRAIN_CHILD, p, "true") for p in precisions]
-        configs += [(f"emotrain {p} no length grouping", EMOTRAIN_CHILD, p, "false") for p in precisions]
+        configs = [(f"HF Trainer {p}", HF_CHILD, p, []) for p in precisions]
+        configs += [(f"emotrain {p}", EMOTRAIN_CHILD, p, []) for p in precisions]
+        # Ablations: each of the two main speed-ups switched off in turn.
+        configs += [(f"emotrain {p} no length grouping", EMOTRAIN_CHILD, p, ["trainer.length_grouping=false"]) for p in precisions]
+        configs += [(f"emotrain {p} sdpa attention", EMOTRAIN_CHILD, p, ["backbone.attention=sdpa"]) for p in precisions]
         results: dict[str, list] = {name: [] for name, *_ in configs}
         started = time.time()
         for rep in range(args.repeats):
-            for name, code, precision, grouping in configs:
+            for name, code, precision, extra in configs:
                 cfg = {"train": str(tmp / "train.tsv"), "dir": str(tmp), "out": str(tmp / f"out_{rep}_{len(results[name])}_{precision}"),
-                       "precision": precision, "batch_size": args.batch_size, "max_length": args.max_length, "lr": args.lr, "grouping": grouping}
+                       "precision": precision, "batch_size": args.batch_size, "max_length": args.max_length, "lr": args.lr, "extra": extra}
                 r = child(code, cfg)
                 results[name].append(r)
                 print(f"  [{rep + 1}/{args.repeats}] {name:<36} {r['samples_per_s']:8.1f} samples/s  train loss {r['train_loss']:.4f}", flush=True)

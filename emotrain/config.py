@@ -46,6 +46,12 @@ class Pooling(str, Enum):
     cls = "cls"
 
 
+class Attention(str, Enum):
+    auto = "auto"  # eager on CPU, sdpa on GPU (see models/backbones.resolve_attention)
+    eager = "eager"
+    sdpa = "sdpa"
+
+
 class FreezeMode(str, Enum):
     none = "none"
     partial = "partial"
@@ -61,6 +67,11 @@ class LossKind(str, Enum):
 class TaskWeighting(str, Enum):
     fixed = "fixed"
     uncertainty = "uncertainty"
+
+
+class LabelReduction(str, Enum):
+    mean = "mean"
+    sum = "sum"
 
 
 class SchedulerKind(str, Enum):
@@ -163,6 +174,7 @@ class BackboneConfig:
     path: Optional[str] = None
     pooling: Pooling = Pooling.mean
     max_length: int = 128
+    attention: Attention = Attention.auto  # attention kernel; same maths, different speed
     # Only used by kind=tiny: a randomly initialised BERT built from a config.
     hidden_size: int = 32
     num_layers: int = 2
@@ -192,6 +204,9 @@ class LossConfig:
     label_smoothing: float = 0.0  # multi-class tasks only
     task_weighting: TaskWeighting = TaskWeighting.fixed
     task_weights: Dict[str, float] = field(default_factory=dict)  # fixed weights, default 1.0
+    # Multi-label tasks: average each example's per-label losses (mean, the usual BCE) or add
+    # them (sum), so every label weighs the same whatever its task's label count.
+    label_reduction: LabelReduction = LabelReduction.mean
 
 
 @dataclass
@@ -240,6 +255,7 @@ class TrainerConfig:
     eval_every_steps: Optional[int] = None  # null = once per epoch
     length_grouping: bool = True  # batches of similar length (less padding)
     token_cache: bool = True  # token ids cached on disk (paths.cache_dir/tokens)
+    fast_dropout: bool = True  # CPU: dropout masks from a cheaper random source (models/dropout.py)
     num_threads: Optional[int] = None  # torch intra-op threads; null = torch default
     progress: bool = True  # tqdm bars
     log_every_steps: int = 50

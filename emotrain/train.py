@@ -37,6 +37,7 @@ from emotrain.data.types import DataBundle, Split
 from emotrain.errors import ConfigError, EmotrainError
 from emotrain.io import write_json
 from emotrain.models.backbones import encoder_layers, load_encoder, load_tokenizer
+from emotrain.models.dropout import use_fast_dropout
 from emotrain.models.multitask import MultiTaskModel
 from emotrain.preprocessing import Preprocessor
 from emotrain import distributed as ddp
@@ -273,9 +274,12 @@ class TrainingRecipe:
         log.info("tokenised %d texts in %.2fs", sum(len(d) for d in encoded.values()), time.perf_counter() - started)
         self.train_data, self.val_data, self.test_data = encoded["train"], encoded["val"], encoded.get("test")
         self.pad_id = self.tokenizer.pad_token_id if self.tokenizer.pad_token_id is not None else 0
-        encoder = load_encoder(cfg.backbone, self.root_dir, vocab_size=len(self.tokenizer))
+        encoder = load_encoder(cfg.backbone, self.root_dir, vocab_size=len(self.tokenizer), device_type=self.device.type)
+        log.info("encoder attention: %s", encoder.config._attn_implementation)
         validate_freeze(cfg.freeze, len(encoder_layers(encoder)))
         self.model = MultiTaskModel(encoder, bundle.tasks, pooling=choice(cfg.backbone.pooling), dropout=cfg.trainer.dropout).to(self.device)
+        if cfg.trainer.fast_dropout and self.device.type == "cpu":
+            use_fast_dropout(self.model)
         self.frozen_encoder = choice(cfg.freeze.mode) == "full"
         with ddp.main_process_first():  # data parallel: rank 0 fills the feature cache, the others read it
             self.features = self._cached_features(encoded) if self.frozen_encoder and cfg.freeze.feature_cache else None

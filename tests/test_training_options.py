@@ -17,7 +17,7 @@ import torch
 import torch.nn.functional as F
 from omegaconf import OmegaConf
 
-from conftest import compose, make_recipe
+from conftest import TINY, compose, make_recipe, train
 
 from emotrain.config import LossConfig, OptimConfig, SchedulerConfig
 from emotrain.data.types import TaskSpec
@@ -292,6 +292,29 @@ def test_fixed_task_weights_weight_the_objective():
         make_loss([MC], task_weights={"emotoin": 2.0})
 
 
+@pytest.mark.parametrize("kind", ["default", "focal"])
+def test_label_reduction_sum_adds_the_per_label_losses_of_multilabel_tasks_only(kind):
+    logits, targets = _batch(6)
+    mean_parts = make_loss([MC, ML], kind=kind)(logits, targets)[1]
+    sum_parts = make_loss([MC, ML], kind=kind, label_reduction="sum")(logits, targets)[1]
+    assert float(sum_parts["tags"]) == pytest.approx(ML.num_labels * float(mean_parts["tags"]), rel=1e-6)
+    assert float(sum_parts["emotion"]) == pytest.approx(float(mean_parts["emotion"]), rel=1e-6)  # multi-class: one loss per example
+    # Per example, summed over labels, averaged over examples: the hand-written formula.
+    z, y = logits["tags"].float(), targets["tags"]
+    per_label = F.binary_cross_entropy_with_logits(z, y, reduction="none")
+    if kind == "focal":
+        p_t = torch.sigmoid(z) * y + (1 - torch.sigmoid(z)) * (1 - y)
+        per_label = (1 - p_t) ** 2.0 * per_label
+    assert float(sum_parts["tags"]) == pytest.approx(float(per_label.sum(1).mean()), rel=1e-6)
+
+
+def test_unknown_label_reduction_is_refused_at_compose_time(tmp_path):
+    from hydra.errors import ConfigCompositionException
+
+    with pytest.raises(ConfigCompositionException, match="label_reduction"):
+        compose(["loss.label_reduction=median"], tmp_path)
+
+
 def test_uncertainty_weighting_formula():
     logits, targets = _batch(5)
     crit = make_loss([MC, ML], task_weighting="uncertainty")
@@ -545,3 +568,100 @@ def test_early_stopping_follows_a_scripted_validation_curve(overrides, key, curv
 def test_unknown_monitor_is_refused(tmp_path):
     with pytest.raises(ConfigError, match="trainer.monitor=emotion/f1"):
         make_recipe(["trainer.monitor=emotion/f1"], tmp_path)
+
+
+# --------------------------------------------------------------------------- attention kernel
+
+
+def test_attention_auto_is_eager_on_cpu_and_sdpa_on_gpu():
+    from emotrain.models.backbones import resolve_attention
+
+    assert resolve_attention("auto", "cpu") == "eager"
+    assert resolve_attention("auto", "cuda") == "sdpa"
+    assert resolve_attention("sdpa", "cpu") == "sdpa"
+
+
+def test_attention_kernels_reach_the_encoder_and_compute_the_same_logits(tmp_path):
+    eager = make_recipe([], tmp_path / "eager")
+    sdpa = make_recipe(["backbone.attention=sdpa"], tmp_path / "sdpa")
+    assert eager.model.encoder.config._attn_implementation == "eager"
+    assert sdpa.model.encoder.config._attn_implementation == "sdpa"
+    sdpa.model.load_state_dict(eager.model.state_dict())
+    eager.model.eval(), sdpa.model.eval()
+    ids = torch.randint(1000, 2000, (4, 9))
+    mask = torch.ones_like(ids)
+    mask[1, 5:] = 0  # padding must be masked the same way by both kernels
+    with torch.no_grad():
+        a, b = eager.model(ids, mask), sdpa.model(ids, mask)
+    for name in a:
+        torch.testing.assert_close(a[name], b[name], rtol=1e-5, atol=1e-5)
+
+
+# --------------------------------------------------------------------------- fast dropout
+
+
+def test_fast_dropout_drops_p_scales_the_rest_and_follows_torch_seed():
+    from emotrain.models.dropout import fast_dropout
+
+    x = torch.ones(1000, 1000)
+    torch.manual_seed(3)
+    y = fast_dropout(x, 0.3)
+    assert float((y == 0).float().mean()) == pytest.approx(0.3, abs=2e-3)
+    assert torch.unique(y).tolist() == [0.0, pytest.approx(1 / 0.7)]
+    assert float(y.mean()) == pytest.approx(1.0, abs=5e-3)  # expectation preserved
+    torch.manual_seed(3)
+    assert torch.equal(fast_dropout(x, 0.3), y)  # the mask stream is tied to torch's RNG state
+    assert not torch.equal(fast_dropout(x, 0.3), y)
+    assert fast_dropout(x, 0.3, training=False) is x and fast_dropout(x, 0.0) is x
+    xb = torch.randn(64, 64, dtype=torch.bfloat16)
+    assert fast_dropout(xb, 0.1).dtype == torch.bfloat16
+
+
+def test_fast_dropout_gradient_is_the_mask_times_the_scale():
+    from emotrain.models.dropout import fast_dropout
+
+    x = torch.randn(50, 60, requires_grad=True)
+    out = fast_dropout(x, 0.5)
+    (out * 3).sum().backward()
+    kept = (out != 0).float()
+    assert torch.equal(x.grad, kept * 2 * 3)
+
+
+def test_fast_dropout_replaces_every_dropout_and_changes_nothing_in_eval(tmp_path, monkeypatch):
+    import emotrain.models.dropout as dropout_module
+
+    fast = make_recipe([], tmp_path / "fast").model
+    plain = make_recipe(["trainer.fast_dropout=false"], tmp_path / "plain").model
+    n_plain = sum(type(m) is torch.nn.Dropout for m in plain.modules())
+    assert n_plain > 0 and sum(type(m) is torch.nn.Dropout for m in fast.modules()) == 0
+    assert sum(type(m) is dropout_module.FastDropout for m in fast.modules()) == n_plain
+    assert fast.encoder.config._attn_implementation == dropout_module.FAST_EAGER
+    assert plain.encoder.config._attn_implementation == "eager"
+    fast.load_state_dict(plain.state_dict())
+    ids = torch.randint(1000, 2000, (4, 9))
+    mask = torch.ones_like(ids)
+    mask[2, 4:] = 0
+    fast.eval(), plain.eval()
+    with torch.no_grad():
+        a, b = fast(ids, mask), plain(ids, mask)
+    for name in a:
+        torch.testing.assert_close(a[name], b[name], rtol=1e-6, atol=1e-6)
+    # In training, attention probabilities go through fast_dropout too (once per layer).
+    probs = []
+    real = dropout_module.fast_dropout
+    monkeypatch.setattr(dropout_module, "fast_dropout", lambda x, p, training=True: probs.append(x.shape) or real(x, p, training))
+    fast.train()
+    fast(ids, mask)
+    layers = fast.encoder.config.num_hidden_layers
+    assert sum(len(s) == 4 and s[-1] == s[-2] == 9 for s in probs) == layers
+
+
+def test_fast_dropout_trains_like_torch_dropout(tmp_path):
+    """Same data, seed and model: only the dropout masks differ, so the loss curves agree within noise."""
+    common = ["trainer.epochs=3", "trainer.batch_size=8"]
+    fast = train([*TINY, *common, "checkpoint=none", "report=false"], tmp_path / "fast")
+    plain = train([*TINY, *common, "checkpoint=none", "report=false", "trainer.fast_dropout=false"], tmp_path / "plain")
+    for f, p in zip(fast["history"], plain["history"]):
+        assert f["train_loss"] == pytest.approx(p["train_loss"], rel=0.05)
+        assert f["val"]["loss"] == pytest.approx(p["val"]["loss"], rel=0.05)
+    assert fast["history"][-1]["train_loss"] != plain["history"][-1]["train_loss"]  # the masks really differ

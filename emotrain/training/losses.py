@@ -36,8 +36,11 @@ def focal_loss_multiclass(logits, target, gamma: float, alpha: torch.Tensor | No
     return loss.mean()
 
 
-def focal_loss_multilabel(logits, target, gamma: float, alpha: torch.Tensor | None, pos_weight: torch.Tensor | None):
-    """Sigmoid focal loss per label, averaged over examples and labels; gamma=0, alpha=None is plain BCE."""
+def focal_loss_multilabel(logits, target, gamma: float, alpha: torch.Tensor | None, pos_weight: torch.Tensor | None, label_reduction: str = "mean"):
+    """Sigmoid focal loss per label; gamma=0, alpha=None is plain BCE.
+
+    Averaged over examples; over labels averaged (label_reduction=mean) or summed (sum).
+    """
     logits = logits.float()
     bce = F.binary_cross_entropy_with_logits(logits, target, reduction="none", pos_weight=pos_weight)
     p = torch.sigmoid(logits)
@@ -45,7 +48,7 @@ def focal_loss_multilabel(logits, target, gamma: float, alpha: torch.Tensor | No
     loss = (1.0 - p_t).pow(gamma) * bce
     if alpha is not None:
         loss = loss * (alpha * target + (1 - alpha) * (1 - target))
-    return loss.mean()
+    return loss.sum(-1).mean() if label_reduction == "sum" else loss.mean()
 
 
 def _per_task_value(value, task: TaskSpec, what: str):
@@ -95,10 +98,11 @@ def alpha_tensor(spec, task: TaskSpec) -> torch.Tensor | None:
 
 
 class TaskLoss(nn.Module):
-    def __init__(self, task: TaskSpec, kind: str, gamma: float, alpha, class_weight, label_smoothing: float):
+    def __init__(self, task: TaskSpec, kind: str, gamma: float, alpha, class_weight, label_smoothing: float, label_reduction: str = "mean"):
         super().__init__()
         self.task = task
         self.kind = kind
+        self.label_reduction = label_reduction
         self.gamma = float(gamma)
         self.label_smoothing = float(label_smoothing) if not task.multilabel else 0.0
         self.register_buffer("alpha", alpha if alpha is not None else None)
@@ -107,7 +111,10 @@ class TaskLoss(nn.Module):
     def forward(self, logits: torch.Tensor, target: torch.Tensor) -> torch.Tensor:
         if self.task.multilabel:
             if self.kind == "focal":
-                return focal_loss_multilabel(logits, target, self.gamma, self.alpha, self.class_weight)
+                return focal_loss_multilabel(logits, target, self.gamma, self.alpha, self.class_weight, self.label_reduction)
+            if self.label_reduction == "sum":
+                bce = F.binary_cross_entropy_with_logits(logits.float(), target, pos_weight=self.class_weight, reduction="none")
+                return bce.sum(-1).mean()
             return F.binary_cross_entropy_with_logits(logits.float(), target, pos_weight=self.class_weight)
         if self.kind == "focal":
             return focal_loss_multiclass(logits, target, self.gamma, self.alpha, self.class_weight, self.label_smoothing)
@@ -152,6 +159,7 @@ class MultiTaskLoss(nn.Module):
                     alpha_tensor(loss_cfg.alpha, t) if kind == "focal" else None,
                     class_weight_tensor(loss_cfg.class_weights, t, class_counts[t.name], n_train, "loss.class_weights"),
                     loss_cfg.label_smoothing,
+                    choice(loss_cfg.label_reduction),
                 )
                 for t in tasks
             }
