@@ -4,14 +4,20 @@
     python bench/train_throughput.py [--data ../shared/data/goemotions] [--n 2000] [--repeats 3]
 
 Setting (issue 7): MiniLM-L6, the first N GoEmotions training texts, the 28-label emotion
-task (multi-label BCE), batch 32, max length 64, lr 1e-4, one epoch, seed 42; fp32 and
-bf16. The Trainer runs with its defaults (dynamic-padding collator, no length grouping).
+task (multi-label BCE), batch 32, max length 64, lr 1e-4, one epoch, seed 42, fp32 and
+bf16, and otherwise the Trainer's defaults for both (fused AdamW, no weight decay, linear
+decay without warmup, clipping at 1.0, dropout 0.1). The Trainer keeps its own data path
+(dynamic-padding collator, random batches, no length grouping).
+
 Each measurement is a separate process, repeats interleaved so machine noise hits every
-configuration alike. emotrain also runs with length grouping off and with torch's sdpa
-attention instead of its CPU default (eager), to show what each speed-up is worth. Prints median samples/s, the emotrain/Trainer ratios at the same
-precision, the mean tokens per text with and without padding, and the fraction of the
-bf16 compute ceiling reached (960 GFLOP/s bf16 matmul, ~64 MFLOP per token and step,
-measured on this CPU; pass --bf16-gflops / --mflop-per-token for another machine).
+configuration alike. Ablations (skip with --no-ablations): emotrain with each speed-up
+switched off in turn (length grouping; eager attention -> torch's sdpa; fast dropout ->
+torch's dropout), and the Trainer with eager attention, as a reference.
+
+Prints median samples/s, the emotrain/Trainer ratios at the same precision, the mean
+tokens per text (real, padded in random batches, padded in emotrain's grouped batches) and
+the fraction of the bf16 compute ceiling reached (960 GFLOP/s bf16 matmul, ~64 MFLOP per
+token and step; pass --bf16-gflops / --mflop-per-token for another machine).
 """
 
 from __future__ import annotations
@@ -45,7 +51,8 @@ class DS(torch.utils.data.Dataset):
     def __len__(self): return len(texts)
     def __getitem__(self, i):
         return {"input_ids": enc["input_ids"][i], "attention_mask": enc["attention_mask"][i], "labels": labels[i]}
-model = AutoModelForSequenceClassification.from_pretrained(path, num_labels=28, problem_type="multi_label_classification")
+model = AutoModelForSequenceClassification.from_pretrained(path, num_labels=28, problem_type="multi_label_classification",
+    **({"attn_implementation": cfg["extra"][0]} if cfg["extra"] else {}))
 args = TrainingArguments(output_dir=cfg["out"], per_device_train_batch_size=cfg["batch_size"], num_train_epochs=1,
     learning_rate=cfg["lr"], bf16=cfg["precision"] == "bf16", use_cpu=True, report_to=[], save_strategy="no",
     logging_strategy="no", dataloader_num_workers=0, seed=42, disable_tqdm=True)
@@ -65,6 +72,8 @@ cfg = json.loads(sys.argv[1])
 overrides = ["data=goemotions", f"data.dir={cfg['dir']}", "data.tasks=[emotion]", "backbone=minilm",
     f"backbone.max_length={cfg['max_length']}", f"precision={cfg['precision']}", "trainer.epochs=1",
     f"trainer.batch_size={cfg['batch_size']}", f"optim.lr={cfg['lr']}", "trainer.progress=false",
+    # the Trainer's defaults: no weight decay, linear decay without warmup, clipping at 1.0
+    "optim.weight_decay=0.0", "scheduler=linear", "scheduler.warmup_ratio=0.0", "trainer.max_grad_norm=1.0",
     "checkpoint=none", "report=false", "trainer.tune_thresholds=false", *cfg["extra"]]
 c = compose(overrides, __import__("pathlib").Path(cfg["out"]))
 c.paths.cache_dir = cfg["out"] + "/cache"
@@ -82,8 +91,8 @@ def child(code: str, cfg: dict) -> dict:
     raise RuntimeError(f"benchmark child failed:\n{proc.stderr[-3000:]}")
 
 
-def token_stats(train_file: Path, max_length: int, batch_size: int) -> tuple[float, float]:
-    """Mean real tokens per text, and mean padded tokens per text in shuffled batches padded to the longest."""
+def token_stats(train_file: Path, max_length: int, batch_size: int) -> tuple[float, float, float]:
+    """Mean tokens per text: real; padded to the longest in random batches; padded in emotrain's length-grouped batches."""
     import numpy as np
     from transformers import AutoTokenizer
 
@@ -94,7 +103,12 @@ def token_stats(train_file: Path, max_length: int, batch_size: int) -> tuple[flo
     lengths = np.array([len(x) for x in tok(texts, truncation=True, max_length=max_length)["input_ids"]])
     order = np.random.default_rng(0).permutation(len(lengths))
     padded = sum(lengths[order[i : i + batch_size]].max() * len(order[i : i + batch_size]) for i in range(0, len(order), batch_size))
-    return float(lengths.mean()), float(padded / len(lengths))
+    sys.path.insert(0, str(REPO))
+    from emotrain.training.batching import LengthGroupedBatchSampler
+
+    grouped = LengthGroupedBatchSampler(lengths, batch_size, shuffle=True, group_by_length=True, seed=42)
+    grouped_padded = sum(lengths[b].max() * len(b) for b in grouped)
+    return float(lengths.mean()), float(padded / len(lengths)), float(grouped_padded / len(lengths))
 
 
 def main() -> None:
@@ -106,6 +120,7 @@ def main() -> None:
     ap.add_argument("--max-length", type=int, default=64)
     ap.add_argument("--lr", type=float, default=1e-4)
     ap.add_argument("--precisions", default="fp32,bf16")
+    ap.add_argument("--no-ablations", action="store_true", help="only the Trainer and emotrain defaults")
     ap.add_argument("--bf16-gflops", type=float, default=960.0)
     ap.add_argument("--mflop-per-token", type=float, default=64.0)
     args = ap.parse_args()
@@ -122,9 +137,13 @@ def main() -> None:
         precisions = args.precisions.split(",")
         configs = [(f"HF Trainer {p}", HF_CHILD, p, []) for p in precisions]
         configs += [(f"emotrain {p}", EMOTRAIN_CHILD, p, []) for p in precisions]
-        # Ablations: each of the two main speed-ups switched off in turn.
-        configs += [(f"emotrain {p} no length grouping", EMOTRAIN_CHILD, p, ["trainer.length_grouping=false"]) for p in precisions]
-        configs += [(f"emotrain {p} sdpa attention", EMOTRAIN_CHILD, p, ["backbone.attention=sdpa"]) for p in precisions]
+        if not args.no_ablations:
+            # The Trainer with emotrain's CPU attention kernel (a reference, not its default) ...
+            configs += [(f"HF Trainer {p} eager attention", HF_CHILD, p, ["eager"]) for p in precisions]
+            # ... and emotrain with each of its speed-ups switched off in turn.
+            configs += [(f"emotrain {p} no length grouping", EMOTRAIN_CHILD, p, ["trainer.length_grouping=false"]) for p in precisions]
+            configs += [(f"emotrain {p} sdpa attention", EMOTRAIN_CHILD, p, ["backbone.attention=sdpa"]) for p in precisions]
+            configs += [(f"emotrain {p} torch dropout", EMOTRAIN_CHILD, p, ["trainer.fast_dropout=false"]) for p in precisions]
         results: dict[str, list] = {name: [] for name, *_ in configs}
         started = time.time()
         for rep in range(args.repeats):
@@ -135,7 +154,7 @@ def main() -> None:
                 results[name].append(r)
                 print(f"  [{rep + 1}/{args.repeats}] {name:<36} {r['samples_per_s']:8.1f} samples/s  train loss {r['train_loss']:.4f}", flush=True)
 
-        real, padded = token_stats(tmp / "train.tsv", args.max_length, args.batch_size)
+        real, padded, grouped = token_stats(tmp / "train.tsv", args.max_length, args.batch_size)
     med = {name: statistics.median(r["samples_per_s"] for r in rows) for name, rows in results.items()}
     print(f"\nTraining throughput, {args.n} GoEmotions texts, MiniLM-L6, batch {args.batch_size}, max length {args.max_length}, "
           f"1 epoch, median of {args.repeats} (wall {time.time() - started:.0f}s, {os.cpu_count()} CPUs)")
@@ -144,7 +163,8 @@ def main() -> None:
         print(f"{name:<38}{med[name]:>10.1f}{statistics.median(r['train_loss'] for r in rows):>12.4f}")
     for p in precisions:
         print(f"emotrain / Trainer at {p}: {med[f'emotrain {p}'] / med[f'HF Trainer {p}']:.2f}x")
-    print(f"tokens per text: {real:.1f} real, {padded:.1f} when padded to the longest in random batches")
+    print(f"tokens per text: {real:.1f} real, {padded:.1f} when padded to the longest in random batches, "
+          f"{grouped:.1f} in emotrain's length-grouped batches")
     if "bf16" in precisions:
         ceiling = args.bf16_gflops * 1e9 / (args.mflop_per_token * 1e6 * real)
         print(f"bf16 ceiling ~{ceiling:.0f} samples/s; emotrain bf16 reaches {med['emotrain bf16'] / ceiling:.0%} of it")

@@ -582,8 +582,8 @@ def test_attention_auto_is_eager_on_cpu_and_sdpa_on_gpu():
 
 
 def test_attention_kernels_reach_the_encoder_and_compute_the_same_logits(tmp_path):
-    eager = make_recipe([], tmp_path / "eager")
-    sdpa = make_recipe(["backbone.attention=sdpa"], tmp_path / "sdpa")
+    eager = make_recipe(["trainer.fast_dropout=false"], tmp_path / "eager")
+    sdpa = make_recipe(["backbone.attention=sdpa", "trainer.fast_dropout=false"], tmp_path / "sdpa")
     assert eager.model.encoder.config._attn_implementation == "eager"
     assert sdpa.model.encoder.config._attn_implementation == "sdpa"
     sdpa.model.load_state_dict(eager.model.state_dict())
