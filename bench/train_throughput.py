@@ -12,7 +12,8 @@ decay without warmup, clipping at 1.0, dropout 0.1). The Trainer keeps its own d
 Each measurement is a separate process, repeats interleaved so machine noise hits every
 configuration alike. Ablations (skip with --no-ablations): emotrain with each speed-up
 switched off in turn (length grouping; eager attention -> torch's sdpa; fast dropout ->
-torch's dropout), and the Trainer with eager attention, as a reference.
+torch's dropout; heap reuse -> glibc's default allocator), and the Trainer with eager
+attention, as a reference.
 
 Prints median samples/s, the emotrain/Trainer ratios at the same precision, the mean
 tokens per text (real, padded in random batches, padded in emotrain's grouped batches) and
@@ -144,6 +145,7 @@ def main() -> None:
             configs += [(f"emotrain {p} no length grouping", EMOTRAIN_CHILD, p, ["trainer.length_grouping=false"]) for p in precisions]
             configs += [(f"emotrain {p} sdpa attention", EMOTRAIN_CHILD, p, ["backbone.attention=sdpa"]) for p in precisions]
             configs += [(f"emotrain {p} torch dropout", EMOTRAIN_CHILD, p, ["trainer.fast_dropout=false"]) for p in precisions]
+            configs += [(f"emotrain {p} default allocator", EMOTRAIN_CHILD, p, ["trainer.keep_host_memory=false"]) for p in precisions]
         results: dict[str, list] = {name: [] for name, *_ in configs}
         started = time.time()
         for rep in range(args.repeats):

@@ -43,6 +43,7 @@ from emotrain.preprocessing import Preprocessor
 from emotrain import distributed as ddp
 from emotrain.tracking import NullTracker, make_tracker
 from emotrain.reproducibility import git_info, library_versions, print_reproducibility_info, reproducibility_info, set_seed
+from emotrain.training.host_memory import keep_freed_host_memory
 from emotrain.training.batching import EncodedSplit, encode_texts, make_loader
 from emotrain.training.caches import FeatureCache, TokenCache, content_key, encoder_fingerprint
 from emotrain.training.evaluation import EarlyStopping, evaluate
@@ -237,6 +238,8 @@ class TrainingRecipe:
         self.device, _ = get_device()
         if self.dist.distributed:
             self.device = self.dist.device  # cuda:LOCAL_RANK (NCCL) or cpu (gloo)
+        if cfg.trainer.keep_host_memory and self.device.type == "cpu":
+            keep_freed_host_memory()  # no per-step page faults for the 47 MB embedding gradient
         self.requested_precision = choice(cfg.precision.mode)
         precision, warning = resolve_precision(self.requested_precision, self.device)
         self.mp_precision = precision

@@ -10,6 +10,10 @@ from __future__ import annotations
 import json
 import logging
 import math
+import os
+import platform
+import subprocess
+import sys
 
 import numpy as np
 import pytest
@@ -665,3 +669,46 @@ def test_fast_dropout_trains_like_torch_dropout(tmp_path):
         assert f["train_loss"] == pytest.approx(p["train_loss"], rel=0.05)
         assert f["val"]["loss"] == pytest.approx(p["val"]["loss"], rel=0.05)
     assert fast["history"][-1]["train_loss"] != plain["history"][-1]["train_loss"]  # the masks really differ
+
+
+# --------------------------------------------------------------------------- host memory
+
+
+HEAP_CHECK = r"""
+import json, torch
+from emotrain.training.host_memory import keep_freed_host_memory
+
+def in_heap(ptr):
+    for line in open("/proc/self/maps"):
+        if line.rstrip().endswith("[heap]"):
+            lo, hi = (int(x, 16) for x in line.split()[0].split("-"))
+            if lo <= ptr < hi:
+                return True
+    return False
+
+before = torch.empty(64 << 20, dtype=torch.uint8)  # above glibc's 32 MB mmap threshold
+result = {"before": in_heap(before.data_ptr())}
+del before
+result["applied"] = keep_freed_host_memory()
+result["again"] = keep_freed_host_memory()
+after = torch.empty(64 << 20, dtype=torch.uint8)
+result["after"] = in_heap(after.data_ptr())
+print(json.dumps(result))
+"""
+
+
+@pytest.mark.skipif(not os.path.exists("/proc/self/maps") or platform.libc_ver()[0] != "glibc", reason="glibc on Linux only")
+def test_keep_host_memory_serves_large_blocks_from_the_heap():
+    out = subprocess.run([sys.executable, "-c", HEAP_CHECK], capture_output=True, text=True, check=True)
+    result = json.loads(out.stdout.strip().splitlines()[-1])
+    assert result == {"before": False, "applied": True, "again": True, "after": True}
+
+
+def test_keep_host_memory_is_applied_by_cpu_training_setup(tmp_path, monkeypatch):
+    import emotrain.train as train_module
+
+    calls = []
+    monkeypatch.setattr(train_module, "keep_freed_host_memory", lambda: calls.append(1) or True)
+    make_recipe([], tmp_path / "on")
+    make_recipe(["trainer.keep_host_memory=false"], tmp_path / "off")
+    assert calls == [1]

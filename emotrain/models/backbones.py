@@ -53,9 +53,10 @@ def load_tokenizer(backbone_cfg, root_dir: Path) -> PreTrainedTokenizerBase:
 def resolve_attention(requested, device_type: str) -> str:
     """The attention kernel for `backbone.attention` on a device.
 
-    auto: eager on CPU, sdpa elsewhere. On CPU, torch's flash-attention backward for short
-    sequences costs more than the whole eager attention (bench/attention.py: a MiniLM bf16
-    step at 20 tokens is ~1.4x faster eager); on GPU, sdpa's fused kernels win.
+    auto: eager on CPU, sdpa elsewhere. On CPU, torch's flash-attention backward costs more
+    than the whole eager attention on short texts (bench/attention.py: a dropout-free MiniLM
+    bf16 step at 20 tokens ~1.4x faster eager; 1.02-1.08x for training with dropout in
+    bench/train_throughput.py); on GPU, sdpa's fused kernels win.
     """
     requested = choice(requested)
     if requested == "auto":
