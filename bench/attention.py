@@ -64,6 +64,7 @@ def main() -> None:
     ap.add_argument("--steps", type=int, default=15)
     args = ap.parse_args()
     hf_logging.set_verbosity_error()
+    hf_logging.disable_progress_bar()
     print(f"MiniLM-L6, batch {args.batch_size}, {torch.get_num_threads()} threads, median of {args.steps}")
     print(f"{'workload':<18} {'precision':>9} {'length':>6} {'eager ms':>9} {'sdpa ms':>9} {'eager speed-up':>15}")
     for workload in args.workloads.split(","):
