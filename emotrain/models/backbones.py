@@ -53,10 +53,9 @@ def load_tokenizer(backbone_cfg, root_dir: Path) -> PreTrainedTokenizerBase:
 def resolve_attention(requested, device_type: str) -> str:
     """The attention kernel for `backbone.attention` on a device.
 
-    auto: eager on CPU, sdpa elsewhere. On CPU, torch's flash-attention backward costs more
-    than the whole eager attention on short texts (bench/attention.py: a dropout-free MiniLM
-    bf16 step at 20 tokens ~1.4x faster eager; 1.02-1.08x for training with dropout in
-    bench/train_throughput.py); on GPU, sdpa's fused kernels win.
+    auto: eager on CPU, sdpa elsewhere. On CPU, eager is never slower in bench/attention.py
+    and faster where torch's flash-attention backward runs (dropout-free bf16 steps 1.20-1.28x,
+    bf16 inference 1.06-1.14x, fp32 training 1.07x); on GPU, sdpa's fused kernels win.
     """
     requested = choice(requested)
     if requested == "auto":
