@@ -43,11 +43,11 @@ from emotrain.preprocessing import Preprocessor
 from emotrain import distributed as ddp
 from emotrain.tracking import NullTracker, make_tracker
 from emotrain.reproducibility import git_info, library_versions, print_reproducibility_info, reproducibility_info, set_seed
-from emotrain.training.host_memory import keep_freed_host_memory
 from emotrain.training.batching import EncodedSplit, encode_texts, make_loader
 from emotrain.training.caches import FeatureCache, TokenCache, content_key, encoder_fingerprint
 from emotrain.training.evaluation import EarlyStopping, evaluate
 from emotrain.training.freeze import apply_freeze, validate_freeze
+from emotrain.training.host_memory import keep_freed_host_memory
 from emotrain.training.losses import MultiTaskLoss, class_counts
 from emotrain.training.optim import build_optimizer
 from emotrain.training.precision import MixedPrecisionTrainer, get_device, resolve_precision
@@ -88,7 +88,6 @@ def stop_on_sigint(recipe: "TrainingRecipe"):
         yield
     finally:
         signal.signal(signal.SIGINT, previous)
-
 
 
 # --------------------------------------------------------------------------- config checks

@@ -36,6 +36,11 @@ def focal_loss_multiclass(logits, target, gamma: float, alpha: torch.Tensor | No
     return loss.mean()
 
 
+def reduce_labels(per_label: torch.Tensor, label_reduction: str) -> torch.Tensor:
+    """(examples, labels) losses -> one number: mean over examples of the sum (label_reduction=sum) or mean over labels."""
+    return per_label.sum(-1).mean() if label_reduction == "sum" else per_label.mean()
+
+
 def focal_loss_multilabel(logits, target, gamma: float, alpha: torch.Tensor | None, pos_weight: torch.Tensor | None, label_reduction: str = "mean"):
     """Sigmoid focal loss per label; gamma=0, alpha=None is plain BCE.
 
@@ -48,7 +53,7 @@ def focal_loss_multilabel(logits, target, gamma: float, alpha: torch.Tensor | No
     loss = (1.0 - p_t).pow(gamma) * bce
     if alpha is not None:
         loss = loss * (alpha * target + (1 - alpha) * (1 - target))
-    return loss.sum(-1).mean() if label_reduction == "sum" else loss.mean()
+    return reduce_labels(loss, label_reduction)
 
 
 def _per_task_value(value, task: TaskSpec, what: str):
@@ -112,10 +117,8 @@ class TaskLoss(nn.Module):
         if self.task.multilabel:
             if self.kind == "focal":
                 return focal_loss_multilabel(logits, target, self.gamma, self.alpha, self.class_weight, self.label_reduction)
-            if self.label_reduction == "sum":
-                bce = F.binary_cross_entropy_with_logits(logits.float(), target, pos_weight=self.class_weight, reduction="none")
-                return bce.sum(-1).mean()
-            return F.binary_cross_entropy_with_logits(logits.float(), target, pos_weight=self.class_weight)
+            bce = F.binary_cross_entropy_with_logits(logits.float(), target, pos_weight=self.class_weight, reduction="none")
+            return reduce_labels(bce, self.label_reduction)
         if self.kind == "focal":
             return focal_loss_multiclass(logits, target, self.gamma, self.alpha, self.class_weight, self.label_smoothing)
         return F.cross_entropy(logits.float(), target, weight=self.class_weight, label_smoothing=self.label_smoothing)
