@@ -11,7 +11,8 @@ Without the cache every epoch re-runs the encoder over all texts, so that sweep 
 hours on 2 CPU cores; by default the baseline runs `--baseline-folds` fold(s) for
 `--baseline-epochs` epoch(s) and the script extrapolates linearly to k x epochs from its
 per-epoch time (stated in the output). Use --baseline-epochs 10 --baseline-folds 5 for
-the full measurement. The metrics of the folds both sweeps ran (same epochs) are compared.
+the full measurement. The metrics of the folds both sweeps ran (same epochs) are compared;
+peak RSS is the largest of any job's process.
 """
 
 from __future__ import annotations
@@ -19,6 +20,7 @@ from __future__ import annotations
 import argparse
 import json
 import os
+import resource
 import subprocess
 import sys
 import tempfile
@@ -26,6 +28,11 @@ import time
 from pathlib import Path
 
 REPO = Path(__file__).resolve().parents[1]
+
+
+def peak_rss_mb() -> float:
+    """Largest peak RSS of any finished descendant so far (a sweep's jobs run in its process)."""
+    return resource.getrusage(resource.RUSAGE_CHILDREN).ru_maxrss / 1024
 
 
 def sweep(tmp: Path, name: str, data: str, k: int, folds: int, epochs: int, cache: bool, extra: list[str]) -> tuple[float, list[dict]]:
@@ -57,10 +64,12 @@ def main() -> None:
     with tempfile.TemporaryDirectory() as tmp:
         tmp = Path(tmp)
         cached_s, cached = sweep(tmp, "cached", args.data, args.k, args.k, args.epochs, True, args.overrides)
+        cached_rss = peak_rss_mb()
         cache_mb = sum(p.stat().st_size for p in (tmp / "cache" / "features").rglob("*.npz")) / 2**20
         # Same settings but fewer epochs for the baseline: compare the cached sweep's own short twin.
         twin_s, twin = sweep(tmp, "cached_twin", args.data, args.k, args.baseline_folds, args.baseline_epochs, True, args.overrides)
         base_s, base = sweep(tmp, "uncached", args.data, args.k, args.baseline_folds, args.baseline_epochs, False, args.overrides)
+        all_rss = peak_rss_mb()
     full_jobs = args.k * args.epochs
     ran = args.baseline_folds * args.baseline_epochs
     # Per-job fixed cost (start-up, model load) does not scale with epochs: estimate it from the
@@ -70,6 +79,7 @@ def main() -> None:
     extrapolated = args.k * fixed + full_jobs * per_epoch
     print(f"\nfreeze=full, {args.k}-fold x {args.epochs} epochs, MiniLM-L6, GoEmotions ({args.data})")
     print(f"  with cache (cold start, includes computing all features once): {cached_s:8.1f} s; cache {cache_mb:.1f} MB")
+    print(f"  peak RSS: {cached_rss:.0f} MB in the cached sweep, {all_rss:.0f} MB over all sweeps")
     print(f"  without cache, measured {args.baseline_folds} fold(s) x {args.baseline_epochs} epoch(s): {base_s:8.1f} s")
     print(f"    per fold-epoch without cache ~{per_epoch:.1f} s; fixed per job ~{fixed:.1f} s")
     label = "measured" if ran == full_jobs else "extrapolated"

@@ -15,10 +15,11 @@ switched off in turn (length grouping; eager attention -> torch's sdpa; fast dro
 torch's dropout; heap reuse -> glibc's default allocator), and the Trainer with eager
 attention, as a reference.
 
-Prints median samples/s, the emotrain/Trainer ratios at the same precision, the mean
-tokens per text (real, padded in random batches, padded in emotrain's grouped batches) and
-the fraction of the bf16 compute ceiling reached (960 GFLOP/s bf16 matmul, ~64 MFLOP per
-token and step; pass --bf16-gflops / --mflop-per-token for another machine).
+Prints median samples/s, each configuration's peak RSS, the emotrain/Trainer ratios at the
+same precision, the mean tokens per text (real, padded in random batches, padded in
+emotrain's grouped batches) and the fraction of the bf16 compute ceiling reached (960
+GFLOP/s bf16 matmul, ~64 MFLOP per token and step; pass --bf16-gflops / --mflop-per-token
+for another machine).
 """
 
 from __future__ import annotations
@@ -61,7 +62,8 @@ trainer = Trainer(model=model, args=args, train_dataset=DS(), data_collator=Data
 start = time.perf_counter()
 out = trainer.train()
 elapsed = time.perf_counter() - start
-print("RESULT", json.dumps({"samples_per_s": len(texts) / elapsed, "train_loss": out.training_loss}))
+import resource
+print("RESULT", json.dumps({"samples_per_s": len(texts) / elapsed, "train_loss": out.training_loss, "peak_rss_mb": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024}))
 """
 
 EMOTRAIN_CHILD = r"""
@@ -79,7 +81,8 @@ overrides = ["data=goemotions", f"data.dir={cfg['dir']}", "data.tasks=[emotion]"
 c = compose(overrides, __import__("pathlib").Path(cfg["out"]))
 c.paths.cache_dir = cfg["out"] + "/cache"
 r = run(c, overrides)
-print("RESULT", json.dumps({"samples_per_s": r["train_samples_per_s"], "train_loss": r["history"][-1]["train_loss"]}))
+import resource
+print("RESULT", json.dumps({"samples_per_s": r["train_samples_per_s"], "train_loss": r["history"][-1]["train_loss"], "peak_rss_mb": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024}))
 """
 
 
@@ -154,15 +157,15 @@ def main() -> None:
                        "precision": precision, "batch_size": args.batch_size, "max_length": args.max_length, "lr": args.lr, "extra": extra}
                 r = child(code, cfg)
                 results[name].append(r)
-                print(f"  [{rep + 1}/{args.repeats}] {name:<36} {r['samples_per_s']:8.1f} samples/s  train loss {r['train_loss']:.4f}", flush=True)
+                print(f"  [{rep + 1}/{args.repeats}] {name:<36} {r['samples_per_s']:8.1f} samples/s  train loss {r['train_loss']:.4f}  peak RSS {r['peak_rss_mb']:.0f} MB", flush=True)
 
         real, padded, grouped = token_stats(tmp / "train.tsv", args.max_length, args.batch_size)
     med = {name: statistics.median(r["samples_per_s"] for r in rows) for name, rows in results.items()}
     print(f"\nTraining throughput, {args.n} GoEmotions texts, MiniLM-L6, batch {args.batch_size}, max length {args.max_length}, "
           f"1 epoch, median of {args.repeats} (wall {time.time() - started:.0f}s, {os.cpu_count()} CPUs)")
-    print(f"{'configuration':<38}{'samples/s':>10}{'train loss':>12}")
+    print(f"{'configuration':<38}{'samples/s':>10}{'train loss':>12}{'peak RSS MB':>13}")
     for name, rows in results.items():
-        print(f"{name:<38}{med[name]:>10.1f}{statistics.median(r['train_loss'] for r in rows):>12.4f}")
+        print(f"{name:<38}{med[name]:>10.1f}{statistics.median(r['train_loss'] for r in rows):>12.4f}{max(r['peak_rss_mb'] for r in rows):>13.0f}")
     for p in precisions:
         print(f"emotrain / Trainer at {p}: {med[f'emotrain {p}'] / med[f'HF Trainer {p}']:.2f}x")
     print(f"tokens per text: {real:.1f} real, {padded:.1f} when padded to the longest in random batches, "
