@@ -6,8 +6,7 @@ Why `backbone.attention=auto` picks eager on CPU. Three workloads, batch 32, ran
 ids (the kernels' cost does not depend on the values), no padding:
 - train: a training step with the model's dropout on (forward under autocast, BCE on a
   28-label head, backward, clipping, fused AdamW);
-- train, no dropout: the same with dropout off (e.g. `freeze=full` feature computation
-  aside, any fine-tuning with attention dropout 0);
+- train, no dropout: the same with dropout off (any fine-tuning with dropout 0);
 - inference: a forward pass under no_grad (validation, test, the PyTorch engine).
 Prints the median time per (workload, precision, length) and eager's speed-up over sdpa.
 """

@@ -62,8 +62,7 @@ trainer = Trainer(model=model, args=args, train_dataset=DS(), data_collator=Data
 start = time.perf_counter()
 out = trainer.train()
 elapsed = time.perf_counter() - start
-import resource
-print("RESULT", json.dumps({"samples_per_s": len(texts) / elapsed, "train_loss": out.training_loss, "peak_rss_mb": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024}))
+result = {"samples_per_s": len(texts) / elapsed, "train_loss": out.training_loss}
 """
 
 EMOTRAIN_CHILD = r"""
@@ -81,14 +80,20 @@ overrides = ["data=goemotions", f"data.dir={cfg['dir']}", "data.tasks=[emotion]"
 c = compose(overrides, __import__("pathlib").Path(cfg["out"]))
 c.paths.cache_dir = cfg["out"] + "/cache"
 r = run(c, overrides)
-import resource
-print("RESULT", json.dumps({"samples_per_s": r["train_samples_per_s"], "train_loss": r["history"][-1]["train_loss"], "peak_rss_mb": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024}))
+result = {"samples_per_s": r["train_samples_per_s"], "train_loss": r["history"][-1]["train_loss"]}
+"""
+
+# Appended to each child: its `result` plus the process's peak RSS, on one RESULT line.
+REPORT = r"""
+import json, resource
+result["peak_rss_mb"] = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
+print("RESULT", json.dumps(result))
 """
 
 
 def child(code: str, cfg: dict) -> dict:
     env = {**os.environ, "HF_HUB_OFFLINE": "1", "TOKENIZERS_PARALLELISM": "false"}
-    proc = subprocess.run([sys.executable, "-c", code, json.dumps(cfg), str(REPO / "tests")], capture_output=True, text=True, env=env)
+    proc = subprocess.run([sys.executable, "-c", code + REPORT, json.dumps(cfg), str(REPO / "tests")], capture_output=True, text=True, env=env)
     for line in proc.stdout.splitlines():
         if line.startswith("RESULT "):
             return json.loads(line[7:])
