@@ -257,6 +257,7 @@ class TrainerConfig:
     token_cache: bool = True  # token ids cached on disk (paths.cache_dir/tokens)
     fast_dropout: bool = True  # CPU: dropout masks from a cheaper random source (models/dropout.py)
     keep_host_memory: bool = True  # CPU: big blocks from the heap, freed memory reused (training/host_memory.py)
+    compact_embeddings: bool = True  # only word-embedding rows of training tokens train; exact (models/embeddings.py)
     num_threads: Optional[int] = None  # torch intra-op threads; null = torch default
     progress: bool = True  # tqdm bars
     log_every_steps: int = 50

@@ -37,6 +37,7 @@ from emotrain.data.types import DataBundle, Split
 from emotrain.errors import ConfigError, EmotrainError
 from emotrain.io import write_json
 from emotrain.models.backbones import encoder_layers, load_encoder, load_tokenizer
+from emotrain.models.embeddings import compact_word_embeddings
 from emotrain.models.dropout import use_fast_dropout
 from emotrain.models.multitask import MultiTaskModel
 from emotrain.preprocessing import Preprocessor
@@ -282,7 +283,12 @@ class TrainingRecipe:
         self.model = MultiTaskModel(encoder, bundle.tasks, pooling=choice(cfg.backbone.pooling), dropout=cfg.trainer.dropout).to(self.device)
         if cfg.trainer.fast_dropout and self.device.type == "cpu":
             use_fast_dropout(self.model)
+        self.num_parameters = sum(p.numel() for p in self.model.parameters())
         self.frozen_encoder = choice(cfg.freeze.mode) == "full"
+        # Other freeze modes never train the embeddings: nothing to save there.
+        self.compact_embedding = None
+        if cfg.trainer.compact_embeddings and choice(cfg.freeze.mode) == "none":
+            self.compact_embedding = compact_word_embeddings(self.model.encoder, self.train_data.input_ids)
         with ddp.main_process_first():  # data parallel: rank 0 fills the feature cache, the others read it
             self.features = self._cached_features(encoded) if self.frozen_encoder and cfg.freeze.feature_cache else None
 
@@ -291,6 +297,8 @@ class TrainingRecipe:
         self.criterion = MultiTaskLoss(bundle.tasks, cfg.loss, counts, len(bundle.train)).to(self.device)
         self.optimizer = build_optimizer(self.model, cfg.optim, list(self.criterion.parameters()), self.device)
         self.params = [p for g in self.optimizer.param_groups for p in g["params"]]
+        if self.compact_embedding is not None:
+            self.compact_embedding.follow_weight_decay(self.optimizer)
         self.accum = cfg.trainer.grad_accum_steps
         # trainer.batch_size is per process: this rank's share of global batches of batch_size * world_size.
         self.train_loader = make_loader(self.train_data, self.pad_id, cfg.trainer.batch_size, shuffle=True, group_by_length=cfg.trainer.length_grouping, seed=cfg.seed, rank=self.dist.rank, world_size=self.dist.world_size)
@@ -315,7 +323,7 @@ class TrainingRecipe:
         self.tracker.log_params(self.resolved_config)
         log.info(
             "model=%s params=%d batch=%d x accum %d x processes %d = effective batch %d; %d optimiser steps",
-            cfg.backbone.name, sum(p.numel() for p in self.model.parameters()), cfg.trainer.batch_size, self.accum,
+            cfg.backbone.name, self.num_parameters, cfg.trainer.batch_size, self.accum,
             self.dist.world_size, cfg.trainer.batch_size * self.accum * self.dist.world_size, self.total_steps,
         )
         return self
