@@ -239,7 +239,7 @@ class TrainingRecipe:
         if self.dist.distributed:
             self.device = self.dist.device  # cuda:LOCAL_RANK (NCCL) or cpu (gloo)
         if cfg.trainer.keep_host_memory and self.device.type == "cpu":
-            keep_freed_host_memory()  # no per-step page faults for the 47 MB embedding gradient
+            keep_freed_host_memory()  # freed blocks reused: no per-step page faults for large activations and gradients
         self.requested_precision = choice(cfg.precision.mode)
         precision, warning = resolve_precision(self.requested_precision, self.device)
         self.mp_precision = precision

@@ -1,11 +1,13 @@
 """Host (CPU) memory allocator settings for training on a CPU (`trainer.keep_host_memory`).
 
 glibc's malloc serves every allocation above 32 MB with a fresh mmap() and unmaps it on
-free. A BERT's word-embedding gradient is such an allocation (30,522 x 384 floats = 47 MB)
-and is rebuilt each step, so every step page-faults ~11,000 zeroed pages back in: ~5-10%
-of a MiniLM step on this CPU (BENCHMARKS.md). `keep_freed_host_memory` makes glibc serve
-large blocks from the heap and keep freed memory for reuse, the same effect as running
-under jemalloc or tcmalloc. Freed memory then stays with the process (peak RSS, not the
+free. A BERT's dense word-embedding gradient is such an allocation (30,522 x 384 floats =
+47 MB; with `trainer.compact_embeddings`, the default, only the rows of training tokens get
+one) and is rebuilt each step, so every step page-faults ~11,000 zeroed pages back in:
+~5-10% of a MiniLM step on this CPU (BENCHMARKS.md); other large blocks that each step
+frees and allocates again (activations, gradients) fare alike. `keep_freed_host_memory`
+makes glibc serve large blocks from the heap and keep freed memory for reuse, the same
+effect as running under jemalloc or tcmalloc. Freed memory then stays with the process (peak RSS, not the
 steady state, is what grows), which suits a training process. No-op off glibc.
 """
 
