@@ -17,7 +17,7 @@ from pathlib import Path
 sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "tests"))
 from conftest import compose  # noqa: E402
 
-from emotrain.train import run  # noqa: E402
+from emotrain.recipe import run  # noqa: E402
 
 
 def main() -> None:

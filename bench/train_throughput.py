@@ -77,7 +77,7 @@ EMOTRAIN_CHILD = r"""
 import json, sys
 sys.path.insert(0, sys.argv[2])
 from conftest import compose
-from emotrain.train import run
+from emotrain.recipe import run
 cfg = json.loads(sys.argv[1])
 overrides = ["data=goemotions", f"data.dir={cfg['dir']}", "data.tasks=[emotion]", "backbone=minilm",
     f"backbone.max_length={cfg['max_length']}", f"precision={cfg['precision']}", "trainer.epochs=1",

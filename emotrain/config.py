@@ -11,12 +11,16 @@ that extends one of the schemas below.
 
 from __future__ import annotations
 
+import dataclasses
+import difflib
 from dataclasses import dataclass, field
 from enum import Enum
 from typing import Any, Dict, List, Optional
 
 from hydra.core.config_store import ConfigStore
-from omegaconf import MISSING
+from omegaconf import MISSING, DictConfig, OmegaConf
+
+from emotrain.errors import ConfigError
 
 # --------------------------------------------------------------------------- helpers
 
@@ -169,17 +173,30 @@ class TableDataConfig(DataConfig):
 
 @dataclass
 class BackboneConfig:
+    """backbone=minilm, and the keys every backbone option has."""
+
     kind: str = MISSING  # minilm | tiny | local
     name: str = MISSING  # human-readable id recorded in reports and cache keys
-    path: Optional[str] = None
     pooling: Pooling = Pooling.mean
     max_length: int = 128
     attention: Attention = Attention.auto  # attention kernel; same maths, different speed
-    # Only used by kind=tiny: a randomly initialised BERT built from a config.
+
+
+@dataclass
+class TinyBackboneConfig(BackboneConfig):
+    """backbone=tiny: a randomly initialised BERT built from these sizes (MiniLM's tokenizer)."""
+
     hidden_size: int = 32
     num_layers: int = 2
     num_heads: int = 2
     intermediate_size: int = 64
+
+
+@dataclass
+class LocalBackboneConfig(BackboneConfig):
+    """backbone=local: any local Hugging Face model directory."""
+
+    path: str = MISSING
 
 
 # --------------------------------------------------------------------------- training
@@ -187,19 +204,33 @@ class BackboneConfig:
 
 @dataclass
 class FreezeConfig:
+    """freeze=none, and the key every freeze option has."""
+
     mode: FreezeMode = FreezeMode.none
-    layers: int = 0  # partial: embeddings + the first `layers` encoder layers
-    every: int = 1  # progressive: unfreeze one more layer (from the top) every N epochs
-    # full: compute each text's pooled encoder output once and cache it on disk
+
+
+@dataclass
+class PartialFreezeConfig(FreezeConfig):
+    layers: int = 0  # embeddings + the first `layers` encoder layers
+
+
+@dataclass
+class ProgressiveFreezeConfig(FreezeConfig):
+    every: int = 1  # unfreeze one more layer (from the top) every N epochs
+
+
+@dataclass
+class FullFreezeConfig(FreezeConfig):
+    # Compute each text's pooled encoder output once and cache it on disk
     # (paths.cache_dir/features), so epochs, folds and sweep jobs train only the heads.
     feature_cache: bool = True
 
 
 @dataclass
 class LossConfig:
+    """loss=default (cross-entropy / BCE), and the keys every loss option has."""
+
     kind: LossKind = LossKind.default
-    gamma: float = 2.0  # focal
-    alpha: Any = None  # focal: null, a scalar, or a per-class list (per task: {task: list})
     class_weights: Any = None  # null | "balanced" | list (single task) | {task: list}
     label_smoothing: float = 0.0  # multi-class tasks only
     task_weighting: TaskWeighting = TaskWeighting.fixed
@@ -210,11 +241,25 @@ class LossConfig:
 
 
 @dataclass
+class FocalLossConfig(LossConfig):
+    kind: LossKind = LossKind.focal
+    gamma: float = 2.0
+    alpha: Any = None  # null, a scalar, or a per-class list (per task: {task: list})
+
+
+@dataclass
 class SchedulerConfig:
+    """scheduler=linear|cosine|constant, and the keys every schedule has."""
+
     kind: SchedulerKind = SchedulerKind.cosine
     warmup_ratio: float = 0.1
     warmup_steps: Optional[int] = None  # overrides warmup_ratio when set
-    num_cycles: int = 2  # cosine_restarts
+
+
+@dataclass
+class RestartsSchedulerConfig(SchedulerConfig):
+    kind: SchedulerKind = SchedulerKind.cosine_restarts
+    num_cycles: int = 2
 
 
 @dataclass
@@ -271,7 +316,14 @@ class TrainerConfig:
 
 @dataclass
 class CVConfig:
+    """cv=holdout: the dataset's own validation split (or a seeded split of the training file)."""
+
     kind: CVKind = CVKind.holdout
+
+
+@dataclass
+class KFoldConfig(CVConfig):
+    kind: CVKind = CVKind.kfold
     k: int = 5
     fold: int = 0
     seed: int = 42  # split seed, separate from the training seed
@@ -289,7 +341,14 @@ class CheckpointConfig:
 
 @dataclass
 class LoggerConfig:
+    """logger=none: everything stays in the run directory."""
+
     kind: str = "none"  # none | mlflow
+
+
+@dataclass
+class MLflowLoggerConfig(LoggerConfig):
+    kind: str = "mlflow"
     tracking_uri: Optional[str] = None  # mlflow: default a local store in the launch directory
     experiment: str = "emotrain"
     run_name: Optional[str] = None  # default: the run directory's name
@@ -323,27 +382,101 @@ class TrainConfig:
     report: bool = True  # plots, report.json and summary.txt in <run>/report/
 
 
-# Schemas per group: conf/<group>/<option>.yaml starts with `defaults: [/schema_<group>_<kind>@_here_]`.
-_GROUP_SCHEMAS: dict[str, dict[str, type]] = {
+# Schemas per group and option. conf/<group>/<option>.yaml starts with
+# `defaults: [/schema_<group>_<option>@_here_]` when its option has keys of its own, else with
+# `/schema_<group>_base@_here_`: so `--cfg job` shows only the keys that act on the chosen option,
+# and a key of another option (backbone.hidden_size with backbone=minilm) is refused.
+GROUP_SCHEMAS: dict[str, dict[str, type]] = {
     "paths": {"base": PathsConfig},
     "data": {"sample": SampleDataConfig, "goemotions": GoEmotionsDataConfig, "table": TableDataConfig},
-    "backbone": {"base": BackboneConfig},
-    "freeze": {"base": FreezeConfig},
-    "loss": {"base": LossConfig},
-    "scheduler": {"base": SchedulerConfig},
+    "backbone": {"base": BackboneConfig, "tiny": TinyBackboneConfig, "local": LocalBackboneConfig},
+    "freeze": {"base": FreezeConfig, "partial": PartialFreezeConfig, "progressive": ProgressiveFreezeConfig, "full": FullFreezeConfig},
+    "loss": {"base": LossConfig, "focal": FocalLossConfig},
+    "scheduler": {"base": SchedulerConfig, "cosine_restarts": RestartsSchedulerConfig},
     "precision": {"base": PrecisionConfig},
     "optim": {"base": OptimConfig},
     "trainer": {"base": TrainerConfig},
-    "cv": {"base": CVConfig},
+    "cv": {"base": CVConfig, "kfold": KFoldConfig},
     "checkpoint": {"base": CheckpointConfig},
-    "logger": {"base": LoggerConfig},
+    "logger": {"base": LoggerConfig, "mlflow": MLflowLoggerConfig},
 }
+
+
+def schema_for(group: str, option: str) -> type:
+    """The schema of `group=option` (its own, or the group's base schema)."""
+    schemas = GROUP_SCHEMAS[group]
+    return schemas.get(option) or schemas["base"]
+
+
+def _field_names(schema: type) -> list[str]:
+    return [f.name for f in dataclasses.fields(schema)]
+
+
+def _options_with_key(group: str, key: str) -> list[str]:
+    """The options of `group` whose own schema has `key` (backbone, hidden_size -> [tiny])."""
+    return [option for option, schema in GROUP_SCHEMAS.get(group, {}).items() if option != "base" and key in _field_names(schema)]
+
+
+def unknown_key_message(full_key: str, schema: type) -> str:
+    """One line for a key that `schema` (the node at its parent) does not have: the options that
+    have it, or the closest valid key (of this option, else of another option of the group)."""
+    parent, _, key = full_key.rpartition(".")
+    group = full_key.split(".")[0]
+    prefix = f"{parent}." if parent else ""
+    top_level = parent == group  # group-level keys differ per option; nested nodes do not
+    if top_level and (options := _options_with_key(group, key)):
+        return f"{full_key}: the chosen {group} option has no such key; it acts only with {' or '.join(f'{group}={o}' for o in options)}"
+    names = _field_names(schema)
+    if close := difflib.get_close_matches(key, names, n=1, cutoff=0.6):
+        return f"{full_key}: no such key; did you mean {prefix}{close[0]}?"
+    others = sorted({n for s in GROUP_SCHEMAS.get(group, {}).values() for n in _field_names(s)} - set(names)) if top_level else []
+    if close := difflib.get_close_matches(key, others, n=1, cutoff=0.6):
+        options = " or ".join(f"{group}={o}" for o in _options_with_key(group, close[0]))
+        return f"{full_key}: no such key; did you mean {prefix}{close[0]} (it acts only with {options})?"
+    return f"{full_key}: no such key; {parent or 'the top level'} has {', '.join(names)}"
+
+
+def _check_node_keys(node: DictConfig, path: str) -> None:
+    schema = OmegaConf.get_type(node)
+    if not dataclasses.is_dataclass(schema):  # an open map (data.tasks, loss.task_weights): any key
+        return
+    names = set(_field_names(schema))
+    for key in node.keys():
+        full = f"{path}.{key}" if path else str(key)
+        if key not in names:
+            raise ConfigError(unknown_key_message(full, schema))
+        child = node._get_node(key)
+        if isinstance(child, DictConfig) and not child._is_none() and not child._is_missing():
+            _check_node_keys(child, full)
+
+
+def check_config_keys(cfg: DictConfig) -> None:
+    """Refuse keys that no schema defines (a typo added with `+trainer.epoch=1`) and an option
+    selector that names another option than the one composed (`loss.kind=focal` under loss=default).
+
+    Hydra refuses unknown keys in plain overrides itself; `+key=value` bypasses that, so this runs
+    on the composed config before any work (the CLI and `emotrain.train`).
+    """
+    _check_node_keys(cfg, "")
+    for group, schemas in GROUP_SCHEMAS.items():
+        node = cfg.get(group) if group in cfg else None
+        if not isinstance(node, DictConfig):
+            continue
+        selector = next((k for k in ("kind", "mode") if k in node), None)
+        if selector is None:
+            continue
+        value = choice(node[selector])
+        expected = schemas.get(value) or schemas.get("base")
+        if expected is None:
+            raise ConfigError(f"{group}.{selector}={value!r} is not known; use one of {', '.join(schemas)} (e.g. {group}={next(iter(schemas))})")
+        if expected is not OmegaConf.get_type(node):
+            raise ConfigError(f"{group}.{selector}={value}: the composed {group} option has other keys; choose the option itself with {group}={value}")
 
 
 def register_configs() -> None:
     cs = ConfigStore.instance()
     cs.store(name="schema_train", node=TrainConfig)
-    for group, schemas in _GROUP_SCHEMAS.items():
+    for group, schemas in GROUP_SCHEMAS.items():
         for name, node in schemas.items():
             # Stored outside any group so they do not show up as options in --help.
             cs.store(name=f"schema_{group}_{name}", node=node)

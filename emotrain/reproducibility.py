@@ -40,16 +40,27 @@ def set_seed(seed: int, deterministic: bool = False) -> torch.Generator:
 
 
 def git_info(path: Path | None = None) -> dict:
-    """Commit hash and dirty flag of the repository holding `path` (the package by default)."""
-    cwd = Path(path) if path else Path(__file__).resolve().parent
+    """Commit hash and dirty flag of the repository holding `path` (default: emotrain's own checkout).
+
+    An installed package (a wheel in site-packages) has no commit: None, even when its
+    virtual environment sits inside some other git repository.
+    """
+    package = Path(__file__).resolve().parent
+    cwd = Path(path) if path else package
+    none = {"commit": None, "dirty": None}
     try:
+        top = subprocess.run(["git", "rev-parse", "--show-toplevel"], cwd=cwd, capture_output=True, text=True, timeout=5)
+        if top.returncode != 0:
+            return none
+        if path is None and Path(top.stdout.strip()).resolve() / package.name != package:
+            return none  # the package is not this repository's own emotrain/ (e.g. .venv/lib/.../site-packages)
         commit = subprocess.run(["git", "rev-parse", "HEAD"], cwd=cwd, capture_output=True, text=True, timeout=5)
         if commit.returncode != 0:
-            return {"commit": None, "dirty": None}
+            return none
         status = subprocess.run(["git", "status", "--porcelain", "--untracked-files=no"], cwd=cwd, capture_output=True, text=True, timeout=5)
         return {"commit": commit.stdout.strip(), "dirty": bool(status.stdout.strip())}
     except (OSError, subprocess.SubprocessError):
-        return {"commit": None, "dirty": None}
+        return none
 
 
 def library_versions() -> dict:

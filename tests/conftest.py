@@ -12,7 +12,7 @@ os.environ.setdefault("TRANSFORMERS_OFFLINE", "1")
 os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
 
 REPO_ROOT = Path(__file__).resolve().parents[1]
-CONFIG_DIR = REPO_ROOT / "conf"
+CONFIG_DIR = REPO_ROOT / "emotrain" / "conf"
 GOEMOTIONS_DIR = Path(os.environ.get("EMOTRAIN_GOEMOTIONS_DIR", REPO_ROOT.parent / "shared" / "data" / "goemotions"))
 
 # Quick, deterministic settings for real-but-short trainings with the tiny backbone.
@@ -42,7 +42,7 @@ def _restore_threads():
 
 def make_recipe(overrides: list[str], tmp_path):
     """A set-up (not yet trained) TrainingRecipe on QUICK settings plus `overrides`."""
-    from emotrain.train import TrainingRecipe
+    from emotrain.recipe import TrainingRecipe
 
     return TrainingRecipe(compose([*QUICK, *overrides], tmp_path), overrides).setup()
 
@@ -66,7 +66,7 @@ def compose(overrides: list[str] | None = None, tmp_path: Path | None = None):
 
 
 def train(overrides: list[str], tmp_path: Path) -> dict:
-    from emotrain.train import run
+    from emotrain.recipe import run
 
     cfg = compose(overrides, tmp_path)
     return run(cfg, overrides=overrides)

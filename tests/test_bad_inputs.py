@@ -232,7 +232,16 @@ CONFIG_CASES = [
     Case("wrong_type", ["trainer.epochs=abc"], ["trainer.epochs=abc", "could not be converted to Integer"]),
     Case("wrong_enum", ["precision.mode=fp8"], ["precision.mode=fp8", "expected one of [auto, fp32, fp16, bf16]"]),
     Case("wrong_bool", ["data=table", "data.header=maybe"], ["data.header=maybe", "not a valid bool"]),
-    Case("key_typo", ["trainer.epoch=3"], ["trainer.epoch", "+trainer.epoch=3"]),
+    Case("key_typo", ["trainer.epoch=3"], ["trainer.epoch: no such key; did you mean trainer.epochs?"]),
+    # `+key=value` adds a key Hydra would refuse: refused all the same, with the closest valid key
+    Case("added_key_typo", ["+trainer.epoch=3"], ["trainer.epoch: no such key; did you mean trainer.epochs?"]),
+    Case("added_top_level_typo", ["+seedd=3"], ["seedd: no such key; did you mean seed?"]),
+    Case("added_nested_typo", ["+trainer.early_stopping.patiense=2"], ["did you mean trainer.early_stopping.patience?"]),
+    Case("key_of_another_option", ["backbone=minilm", "backbone.hidden_size=768"], ["backbone.hidden_size", "acts only with backbone=tiny"]),
+    Case("added_key_of_another_option", ["+loss.gamma=1"], ["loss.gamma", "acts only with loss=focal"]),
+    Case("typo_of_another_options_key", ["data.dirr=x"], ["data.dirr", "did you mean data.dir", "data=goemotions"]),
+    Case("selector_without_its_option", ["loss.kind=focal"], ["loss.kind=focal", "loss=focal"]),
+    Case("unquoted_special_character", ["data=table", "data.sep=;"], ["'data.sep=;'", "quote the value", "\"data.sep=';'\""]),
     Case("unknown_option", ["backbone=bert_huge"], ["backbone/bert_huge", "local, minilm, tiny"]),
     Case("override_syntax", ["trainer.epochs=["], ["trainer.epochs=["]),
     Case("list_for_string", ["resume=[1,2]"], ["resume=[1,2]"]),
@@ -259,7 +268,7 @@ CONFIG_CASES = [
     Case("progressive_every_zero", ["freeze=progressive", "freeze.every=0"], ["freeze.every=0"]),
     Case("fold_not_below_k", ["cv=kfold", "cv.k=5", "cv.fold=5"], ["cv.fold=5", "cv.k=5"]),
     Case("kfold_k_one", ["cv=kfold", "cv.k=1"], ["cv.k=1", "k >= 2"]),
-    Case("heads_not_dividing_hidden", ["backbone.hidden_size=30", "backbone.num_heads=4"], ["backbone.hidden_size=30", "backbone.num_heads=4"]),
+    Case("heads_not_dividing_hidden", ["backbone=tiny", "backbone.hidden_size=30", "backbone.num_heads=4"], ["backbone.hidden_size=30", "backbone.num_heads=4"]),
 ]
 
 VALID_CASES = [

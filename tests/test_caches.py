@@ -6,7 +6,7 @@ import numpy as np
 import pytest
 
 from conftest import TINY, compose
-from emotrain.train import TrainingRecipe, run
+from emotrain.recipe import TrainingRecipe, run
 from emotrain.training.batching import encode_texts
 from emotrain.training.caches import FeatureCache, TokenCache
 

@@ -63,7 +63,7 @@ def solo(tmp_path_factory):
     """Each configuration alone, in this process, with a cache of its own."""
     import torch
 
-    from emotrain.train import run
+    from emotrain.recipe import run
 
     threads = torch.get_num_threads()
     out = {}

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import subprocess
+from pathlib import Path
 import sys
 
 import pytest
@@ -79,3 +80,96 @@ def test_goemotions_experiment_composes(tmp_path):
     cfg = compose(["experiment=goemotions", "data.dir=/tmp/goemotions"], tmp_path)
     assert cfg.data.kind == "goemotions" and cfg.backbone.kind == "minilm"
     assert cfg.trainer.monitor == "emotion/macro_f1" and cfg.trainer.monitor_mode.value == "max"
+
+
+# --------------------------------------------------------------------------- strict keys
+
+
+@pytest.mark.parametrize(
+    "override,message",
+    [
+        ("+trainer.epoch=1", "trainer.epoch: no such key; did you mean trainer.epochs?"),
+        ("+optim.lrr=1", "optim.lrr: no such key; did you mean optim.lr?"),
+        ("+seedd=3", "seedd: no such key; did you mean seed?"),
+        ("+trainer.early_stopping.patiense=3", "did you mean trainer.early_stopping.patience?"),
+        ("+backbone.hidden_size=768", "backbone.hidden_size: the chosen backbone option has no such key; it acts only with backbone=tiny"),
+        ("+freeze.every=2", "it acts only with freeze=progressive"),
+        ("+cv.k=3", "it acts only with cv=kfold"),
+        ("+logger.tracking_uri=x", "it acts only with logger=mlflow"),
+        ("+scheduler.num_cycles=3", "it acts only with scheduler=cosine_restarts"),
+        ("loss.kind=focal", "loss.kind=focal: the composed loss option has other keys; choose the option itself with loss=focal"),
+    ],
+)
+def test_keys_outside_the_schema_are_refused_with_the_closest_key(override, message, tmp_path):
+    from emotrain.config import check_config_keys
+    from emotrain.errors import ConfigError
+
+    cfg = compose([override], tmp_path)  # `+key` gets past Hydra's own check
+    with pytest.raises(ConfigError) as e:
+        check_config_keys(cfg)
+    assert message in str(e.value)
+
+
+def test_open_maps_take_new_keys(tmp_path):
+    from emotrain.config import check_config_keys
+
+    cfg = compose(["data=table", "data.train_file=x.csv", "+data.tasks.emotion.column=label", "+data.tasks.topic.column=t",
+                   "+loss.task_weights.emotion=2.0", "loss=focal", "+loss.alpha.emotion=[1,2]"], tmp_path)
+    check_config_keys(cfg)
+    assert set(cfg.data.tasks) == {"emotion", "topic"}
+
+
+@pytest.mark.parametrize(
+    "group,option,own,foreign",
+    [
+        ("backbone", "minilm", [], ["hidden_size", "num_layers", "path"]),
+        ("backbone", "tiny", ["hidden_size", "num_layers", "num_heads", "intermediate_size"], ["path"]),
+        ("backbone", "local", ["path"], ["hidden_size"]),
+        ("freeze", "none", [], ["layers", "every", "feature_cache"]),
+        ("freeze", "partial", ["layers"], ["every", "feature_cache"]),
+        ("freeze", "full", ["feature_cache"], ["layers", "every"]),
+        ("loss", "default", [], ["gamma", "alpha"]),
+        ("loss", "focal", ["gamma", "alpha"], []),
+        ("cv", "holdout", [], ["k", "fold", "seed", "stratified", "include_val"]),
+        ("logger", "none", [], ["tracking_uri", "experiment", "run_name"]),
+        ("scheduler", "cosine", [], ["num_cycles"]),
+    ],
+)
+def test_an_option_shows_only_the_keys_that_act_on_it(group, option, own, foreign, tmp_path):
+    """--cfg job (the composed config) lists an option's own keys and none of its siblings'."""
+    cfg = compose([f"{group}={option}", *REQUIRED.get((group, option), [])], tmp_path)
+    keys = set(cfg[group])
+    assert set(own) <= keys and not set(foreign) & keys, keys
+
+
+def test_cli_one_line_key_errors(tmp_path):
+    """Hydra's own '+key' hint after a typo is replaced by the closest valid key; lexer errors show the quoting."""
+    cases = {
+        "trainer.epoch=3": "emotrain: error: trainer.epoch: no such key; did you mean trainer.epochs?",
+        "backbone.hidden_size=768": "acts only with backbone=tiny",
+        "data.sep=;": "quote the value: \"data.sep=';'\"",
+    }
+    for override, fragment in cases.items():
+        proc = subprocess.run([sys.executable, "-m", "emotrain", override, f"hydra.run.dir={tmp_path}/run"],
+                              cwd=tmp_path, capture_output=True, text=True, timeout=120)
+        assert proc.returncode == 2 and fragment in proc.stderr, proc.stderr
+        assert len(proc.stderr.strip().splitlines()) == 1 and "+trainer.epoch" not in proc.stderr
+
+
+def test_configs_ship_inside_the_package_and_work_from_any_directory(tmp_path):
+    """`--help` and `--cfg job` from a directory that is not the checkout: Hydra reads pkg://emotrain.conf."""
+    import emotrain
+
+    conf = Path(emotrain.__file__).parent / "conf"
+    assert CONFIG_DIR == conf and (conf / "train.yaml").is_file() and not (REPO_ROOT / "conf").exists()
+    proc = subprocess.run([sys.executable, "-m", "emotrain", "--help"], cwd=tmp_path, capture_output=True, text=True, timeout=120)
+    assert proc.returncode == 0 and "backbone: local, minilm, tiny" in proc.stdout, proc.stderr
+    user = tmp_path / "my_conf" / "experiment"
+    user.mkdir(parents=True)
+    (user / "mine.yaml").write_text("# @package _global_\ndefaults:\n  - override /backbone: tiny\ntrainer:\n  epochs: 3\n")
+    for how in (["--config-dir", str(tmp_path / "my_conf")], [f"hydra.searchpath=[file://{tmp_path / 'my_conf'}]"]):
+        proc = subprocess.run([sys.executable, "-m", "emotrain", *how, "experiment=mine", "--cfg", "job"],
+                              cwd=tmp_path, capture_output=True, text=True, timeout=120)
+        assert proc.returncode == 0, proc.stderr
+        assert "kind: tiny" in proc.stdout and "epochs: 3" in proc.stdout
+

@@ -176,7 +176,7 @@ def test_two_process_gloo_run_matches_single_process(no_dropout_run, tmp_path, m
     """Loss curve (train and val loss per epoch), lr schedule and final metrics of the 2-process run
     against one process with trainer.batch_size=16 (the same global batch)."""
     import emotrain.models.backbones as backbones
-    from emotrain.train import run
+    from emotrain.recipe import run
 
     dist = json.loads((no_dropout_run / "metrics.json").read_text())
     assert dist["world_size"] == WORLD and dist["effective_batch_size"] == PER_RANK_BATCH * 2 * WORLD
@@ -204,7 +204,7 @@ def test_sharded_evaluation_equals_single_process_evaluation(no_dropout_run, tmp
     """The validation metrics the 2 ranks computed together (sharded batches + all-reduce) are exactly
     what one process computes with the same weights."""
     from emotrain.checkpointing import load_checkpoint, resolve_checkpoint
-    from emotrain.train import TrainingRecipe
+    from emotrain.recipe import TrainingRecipe
 
     dist = json.loads((no_dropout_run / "metrics.json").read_text())
     ckpt = load_checkpoint(resolve_checkpoint(no_dropout_run, "last"))

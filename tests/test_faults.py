@@ -63,7 +63,7 @@ if point == "step":  # inside the n-th optimiser step
     MixedPrecisionTrainer.step = step
 
 elif point == "evaluate":  # at the 2nd batch of the n-th evaluation
-    import emotrain.train as train_module
+    import emotrain.recipe as train_module
 
     real_evaluate = train_module.evaluate
 
@@ -317,7 +317,7 @@ def test_a_failed_write_names_the_file_and_leaves_the_old_content(tmp_path, monk
     assert json.loads(target.read_text()) == {"old": True}
     assert [p.name for p in tmp_path.iterdir()] == ["metrics.json"]
 
-    from emotrain.__main__ import os_error_message
+    from emotrain.cli import os_error_message
 
     message = os_error_message(info.value)
     assert str(target) in message and "No space left on device" in message and "free disk space" in message and "\n" not in message

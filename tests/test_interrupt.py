@@ -15,7 +15,7 @@ import torch
 
 from conftest import REPO_ROOT, TINY, compose
 from emotrain.checkpointing import load_checkpoint, resolve_checkpoint
-from emotrain.train import TrainingInterrupted, TrainingRecipe, run
+from emotrain.recipe import TrainingInterrupted, TrainingRecipe, run
 
 BASE = [*TINY, "deterministic=true", "trainer.epochs=2", "trainer.batch_size=8", "data.max_train_examples=96", "data.max_eval_examples=32", "checkpoint.export=false", "report=false"]
 

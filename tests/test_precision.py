@@ -237,9 +237,9 @@ def test_auto_bf16_falls_back_to_fp32_when_the_loss_is_not_finite(tmp_path, monk
 @pytest.mark.parametrize("inject_inf", [True, False])
 def test_steps_skipped_by_the_scaler_are_counted_and_reported(inject_inf, tmp_path, monkeypatch):
     """fp16 with a GradScaler (what CUDA runs), driven through the real loop on the CPU."""
-    import emotrain.train
+    import emotrain.recipe
 
-    monkeypatch.setattr(emotrain.train, "resolve_precision", lambda requested, device: ("fp16", None))
+    monkeypatch.setattr(emotrain.recipe, "resolve_precision", lambda requested, device: ("fp16", None))
     r = make_recipe(["precision=fp16", "trainer.max_steps=1", "scheduler=constant", "scheduler.warmup_steps=0", "data.max_train_examples=16"], tmp_path)
     assert r.mp.scaler.is_enabled()
     scale = r.mp.scaler.get_scale()

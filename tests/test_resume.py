@@ -11,7 +11,7 @@ import torch
 from conftest import TINY, compose
 from emotrain.checkpointing import load_checkpoint, resolve_checkpoint
 from emotrain.errors import ConfigError
-from emotrain.train import TrainingRecipe, run
+from emotrain.recipe import TrainingRecipe, run
 
 BASE = [*TINY, "deterministic=true", "trainer.epochs=3", "data.max_train_examples=96", "data.max_eval_examples=48", "checkpoint.save_top_k=1", "checkpoint.export=false", "report=false"]
 

@@ -168,7 +168,7 @@ def test_mlflow_run_records_params_metric_history_and_artifacts(tmp_path, monkey
 
 def test_mlflow_run_is_failed_when_training_raises(tmp_path, monkeypatch):
     pytest.importorskip("mlflow")
-    from emotrain.train import TrainingRecipe
+    from emotrain.recipe import TrainingRecipe
 
     def boom(self):
         raise RuntimeError("boom")

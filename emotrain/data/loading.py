@@ -15,18 +15,14 @@ import numpy as np
 from omegaconf import DictConfig, OmegaConf
 from omegaconf.errors import OmegaConfBaseException
 
-from emotrain.config import GoEmotionsDataConfig, SampleDataConfig, TableDataConfig
+from emotrain.config import GROUP_SCHEMAS
 from emotrain.data.goemotions import load_goemotions
 from emotrain.data.sample import load_sample
 from emotrain.data.table import load_table, resolve_path
 from emotrain.data.types import DataBundle, Split
 from emotrain.errors import DataError
 
-DATA_SCHEMAS: dict[str, type] = {
-    "sample": SampleDataConfig,
-    "goemotions": GoEmotionsDataConfig,
-    "table": TableDataConfig,
-}
+DATA_SCHEMAS: dict[str, type] = GROUP_SCHEMAS["data"]  # kind -> schema
 
 
 def _data_config(data_cfg: Any) -> DictConfig:

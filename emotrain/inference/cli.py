@@ -21,7 +21,7 @@ import sys
 from contextlib import contextmanager
 from typing import Iterator
 
-from emotrain.errors import EmotrainError
+from emotrain.errors import TRAINING_PACKAGES, EmotrainError, MissingDependencyError, require_packages
 
 PREDICT = "emotrain-predict"
 EXPORT = "emotrain-export"
@@ -247,6 +247,10 @@ def export_main(argv: list[str] | None = None) -> int:
         kwargs = parse_export_args(argv)
     except ValueError as e:
         print(EXPORT_USAGE, file=sys.stderr)
+        _fail(EXPORT, e, 2)
+    try:
+        require_packages("exporting a bundle (emotrain-export)", {**TRAINING_PACKAGES, "onnx": "onnx"})
+    except MissingDependencyError as e:
         _fail(EXPORT, e, 2)
     os.environ.setdefault("HF_HUB_OFFLINE", "1")
     os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")

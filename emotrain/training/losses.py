@@ -143,10 +143,11 @@ class MultiTaskLoss(nn.Module):
             raise ConfigError(f"loss.task_weights: unknown task(s) {sorted(unknown)}; tasks are {sorted(known)}")
         if not 0.0 <= loss_cfg.label_smoothing < 1.0:
             raise ConfigError(f"loss.label_smoothing={loss_cfg.label_smoothing}: must be in [0, 1)")
-        if loss_cfg.gamma < 0:
-            raise ConfigError(f"loss.gamma={loss_cfg.gamma}: must be >= 0")
+        gamma = loss_cfg.gamma if kind == "focal" else 0.0  # the focal option's keys
+        if gamma < 0:
+            raise ConfigError(f"loss.gamma={gamma}: must be >= 0")
         for key in ("class_weights", "alpha"):
-            value = loss_cfg[key]
+            value = loss_cfg.get(key)
             if len(tasks) > 1 and value is not None and not isinstance(value, (str, int, float)) and not hasattr(value, "keys"):
                 raise ConfigError(
                     f"loss.{key}: a plain list is for single-task runs; with tasks {', '.join(t.name for t in tasks)} "
@@ -158,7 +159,7 @@ class MultiTaskLoss(nn.Module):
                 t.name: TaskLoss(
                     t,
                     kind,
-                    loss_cfg.gamma,
+                    gamma,
                     alpha_tensor(loss_cfg.alpha, t) if kind == "focal" else None,
                     class_weight_tensor(loss_cfg.class_weights, t, class_counts[t.name], n_train, "loss.class_weights"),
                     loss_cfg.label_smoothing,

@@ -30,11 +30,11 @@ import torch
 from omegaconf import DictConfig, OmegaConf
 from tqdm import tqdm
 
-from emotrain.config import choice, flatten_dict
+from emotrain.config import check_config_keys, choice, flatten_dict
 from emotrain.data.cv import apply_cv, kfold_split
 from emotrain.data.loading import load_data
 from emotrain.data.types import DataBundle, Split
-from emotrain.errors import ConfigError, EmotrainError
+from emotrain.errors import ConfigError, TrainingDiverged, TrainingInterrupted
 from emotrain.io import write_json
 from emotrain.models.backbones import encoder_layers, load_encoder, load_tokenizer
 from emotrain.models.embeddings import compact_word_embeddings
@@ -56,18 +56,6 @@ from emotrain.training.schedulers import build_scheduler
 from emotrain.training.thresholds import tune_thresholds
 
 log = logging.getLogger("emotrain")
-
-
-class TrainingDiverged(EmotrainError):
-    """Too many consecutive non-finite losses."""
-
-
-class TrainingInterrupted(EmotrainError):
-    """Ctrl-C: an `interrupted` checkpoint was saved at the last optimiser step."""
-
-    def __init__(self, message: str, checkpoint: Path):
-        super().__init__(message)
-        self.checkpoint = checkpoint
 
 
 @contextlib.contextmanager
@@ -96,6 +84,7 @@ def stop_on_sigint(recipe: "TrainingRecipe"):
 
 def validate_config(cfg: DictConfig) -> None:
     """Checks the schema cannot express; run before any data is read or model built."""
+    check_config_keys(cfg)
     t = cfg.trainer
     positive = {
         "trainer.epochs": t.epochs,
@@ -133,8 +122,6 @@ def validate_config(cfg: DictConfig) -> None:
             raise ConfigError(f"cv.k={cfg.cv.k}: k-fold needs k >= 2")
         if not 0 <= cfg.cv.fold < cfg.cv.k:
             raise ConfigError(f"cv.fold={cfg.cv.fold}: must be in [0, {cfg.cv.k}) for cv.k={cfg.cv.k}")
-    if cfg.freeze.layers < 0:
-        raise ConfigError(f"freeze.layers={cfg.freeze.layers}: must be >= 0")
     if cfg.checkpoint.save_top_k < -1:
         raise ConfigError(f"checkpoint.save_top_k={cfg.checkpoint.save_top_k}: use -1 (keep all), 0 (last only) or k >= 1")
 
@@ -228,7 +215,7 @@ class TrainingRecipe:
         if self.is_main:
             self.out_dir.mkdir(parents=True, exist_ok=True)
         # First, so a missing extra or an unusable store fails before data is read; run() closes it on errors.
-        self.tracker = make_tracker(cfg.logger, cfg.logger.run_name or self.out_dir.name, self.out_dir) if self.is_main else NullTracker()
+        self.tracker = make_tracker(cfg.logger, cfg.logger.get("run_name") or self.out_dir.name, self.out_dir) if self.is_main else NullTracker()
         if cfg.trainer.num_threads:
             torch.set_num_threads(cfg.trainer.num_threads)
         set_seed(cfg.seed, cfg.deterministic)
