@@ -156,17 +156,20 @@ def train(
 
     from emotrain.cli import hydra_error_line, record_run
 
+    from emotrain.rundir import claim_run_dir
+
     overrides = [str(o) for o in overrides]
     cfg = compose(overrides, output_dir=output_dir, root_dir=root_dir, config_dir=config_dir)
     out_dir = Path(cfg.paths.output_dir)
-    (out_dir / ".hydra").mkdir(parents=True, exist_ok=True)
-    OmegaConf.save(cfg, out_dir / ".hydra" / "config.yaml")
-    OmegaConf.save(OmegaConf.create(overrides), out_dir / ".hydra" / "overrides.yaml")
-    with _log_to(out_dir / LOG_FILE):
-        try:
-            return record_run(cfg, overrides, out_dir)
-        except OmegaConfBaseException as e:  # a value that cannot be resolved (e.g. ${oc.env:UNSET})
-            raise ConfigError(hydra_error_line(e)) from None
+    with claim_run_dir(out_dir, resume=cfg.resume, root_dir=cfg.paths.root_dir):  # one run per directory, as the CLI
+        (out_dir / ".hydra").mkdir(parents=True, exist_ok=True)
+        OmegaConf.save(cfg, out_dir / ".hydra" / "config.yaml")
+        OmegaConf.save(OmegaConf.create(overrides), out_dir / ".hydra" / "overrides.yaml")
+        with _log_to(out_dir / LOG_FILE):
+            try:
+                return record_run(cfg, overrides, out_dir)
+            except OmegaConfBaseException as e:  # a value that cannot be resolved (e.g. ${oc.env:UNSET})
+                raise ConfigError(hydra_error_line(e)) from None
 
 
 def load(path: str | os.PathLike, **kwargs) -> EmotionInferenceEngine:

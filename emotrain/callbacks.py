@@ -165,3 +165,62 @@ class SweepCallback(Callback):
         print(summary.text, flush=True)
         for path in summary.files:
             print(f"wrote {path}", flush=True)
+
+
+class RunDirGuard(Callback):
+    """One run per directory (emotrain.rundir), claimed before Hydra writes anything into it.
+
+    A single run: the run directory is locked and must hold no earlier run's results unless this
+    run resumes it. A multirun: the sweep directory must hold no earlier jobs' results (each job
+    then claims its own directory in the task function). Refusals are one line, exit status 2,
+    and leave the directory untouched. Under torchrun only rank 0 claims (all ranks share it).
+    """
+
+    def __init__(self) -> None:
+        self.lock = None
+
+    def on_run_start(self, config: DictConfig, **kwargs: Any) -> None:
+        import os
+
+        from hydra.core.hydra_config import HydraConfig
+
+        from emotrain.errors import EmotrainError
+        from emotrain.rundir import claim_run_dir
+
+        if os.environ.get("RANK", "0") != "0":
+            return
+        HydraConfig.instance().set_config(config)  # lets ${hydra:...} resolve inside run.dir
+        run_dir = Path(str(OmegaConf.select(config, "hydra.run.dir")))  # ${now:} is cached: the dir Hydra creates
+        try:
+            self.lock = claim_run_dir(run_dir, resume=config.get("resume"), root_dir=Path.cwd())
+        except (EmotrainError, OSError) as e:
+            # Hydra turns a callback's exceptions into warnings; SystemExit stops before the run dir is touched.
+            if isinstance(e, OSError):
+                from emotrain.cli import os_error_message
+
+                message = os_error_message(e, run_dir=True)
+            else:
+                message = str(e)
+            print(f"emotrain: error: {message}", file=sys.stderr, flush=True)
+            raise SystemExit(2) from None
+
+    def on_run_end(self, config: DictConfig, **kwargs: Any) -> None:
+        if self.lock is not None:
+            self.lock.release()
+            self.lock = None
+
+    def on_multirun_start(self, config: DictConfig, **kwargs: Any) -> None:
+        from emotrain.rundir import RESULTS
+
+        sweep_dir = Path(str(config.hydra.sweep.dir))
+        if not sweep_dir.is_dir():
+            return
+        held = sorted(str(p.relative_to(sweep_dir)) for p in sweep_dir.glob("*/*") if p.name in RESULTS)
+        if held:
+            shown = ", ".join(held[:3]) + (", ..." if len(held) > 3 else "")
+            print(
+                f"emotrain: error: sweep directory {sweep_dir} already holds runs ({shown}); a second sweep there would mix "
+                "their results: choose a new hydra.sweep.dir (or leave it at its default)",
+                file=sys.stderr, flush=True,
+            )
+            raise SystemExit(2)

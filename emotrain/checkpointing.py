@@ -33,10 +33,10 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from emotrain.config import choice
+from emotrain.config import check_range, choice
 from emotrain.data.types import TaskSpec
-from emotrain.errors import CheckpointError
-from emotrain.io import atomic_write, finite_or_none, json_safe, write_json
+from emotrain.errors import CheckpointError, ConfigError
+from emotrain.io import atomic_write, finite_or_none, json_safe, publish_modes, write_json
 from emotrain.reproducibility import capture_rng_state, git_info, library_versions, restore_rng_state
 
 log = logging.getLogger(__name__)
@@ -47,6 +47,21 @@ EXPORT_FORMAT = "emotrain-model"
 EXPORT_META = "emotrain_model.json"
 CHECKPOINT_DIR = "checkpoints"
 _NAME_RE = re.compile(r"_(\d{8}_\d{6})_epoch(\d+)_loss")
+# checkpoint.prefix starts every checkpoint's file name: a plain name, never a path.
+_PREFIX_RE = re.compile(r"[A-Za-z0-9][A-Za-z0-9._-]{0,99}")
+
+
+def check_prefix(prefix: str, key: str = "checkpoint.prefix") -> None:
+    if not isinstance(prefix, str) or not _PREFIX_RE.fullmatch(prefix):
+        raise ConfigError(
+            f"{key}={prefix!r}: must be a plain file-name prefix (letters, digits, '.', '_' or '-', starting with a "
+            "letter or digit, at most 100 characters; no '/' or '..'): checkpoints stay inside the run directory"
+        )
+
+
+def validate_checkpoint_config(ckpt_cfg) -> None:
+    check_range("checkpoint.save_top_k", ckpt_cfg.save_top_k, ge=-1, integer=True)
+    check_prefix(ckpt_cfg.prefix)
 
 __all__ = [
     "CheckpointManager",
@@ -212,6 +227,7 @@ def _build_checkpoint(model, optimizer, scheduler, epoch, val_loss, val_metrics,
 
 
 def _save(model, optimizer, scheduler, epoch, val_loss, val_metrics, hyperparameters, output_dir, prefix, *, global_step=0, scaler_state=None, tasks=None, extra=None, monitor=None) -> Path:
+    check_prefix(prefix, "prefix")
     now = _dt.datetime.now().astimezone()
     ckpt = _build_checkpoint(
         model, optimizer, scheduler, epoch, val_loss, val_metrics, hyperparameters,
@@ -559,6 +575,7 @@ def export_model(checkpoint_path, out_dir, tokenizer, *, thresholds: dict | None
         save_file(tensors, str(staging / "model.safetensors"), metadata={"format": "pt"})
         tokenizer.save_pretrained(str(staging))
         write_json(staging / EXPORT_META, json_safe(meta))
+        publish_modes(staging)
         names = sorted((p for p in staging.iterdir() if p.name != EXPORT_META), key=lambda p: p.name) + [staging / EXPORT_META]
         for p in names:
             target = out_dir / p.name

@@ -37,6 +37,7 @@ from emotrain.callbacks import SweepJobFailed  # also registers the config resol
 from emotrain.config import unknown_key_message
 from emotrain.errors import EmotrainError, TrainingDiverged, TrainingInterrupted
 from emotrain.io import write_json
+from emotrain.rundir import claim_run_dir
 
 log = logging.getLogger("emotrain")
 
@@ -222,7 +223,13 @@ def hydra_main(cfg: DictConfig) -> float | None:
     overrides = [str(o) for o in OmegaConf.to_container(hc.overrides.task, resolve=False)]
     out_dir = Path(hc.runtime.output_dir)
     try:
-        results = record_run(cfg, overrides, out_dir)
+        # A multirun job claims its own directory here (a single run's was claimed by RunDirGuard before Hydra wrote to it).
+        job_lock = claim_run_dir(out_dir, resume=cfg.get("resume"), root_dir=Path.cwd()) if hc.mode == RunMode.MULTIRUN else None
+        try:
+            results = record_run(cfg, overrides, out_dir)
+        finally:
+            if job_lock is not None:
+                job_lock.release()
     except TrainingInterrupted as e:
         if ddp.is_main_process():  # the other ranks stopped with it; rank 0 saved the checkpoint
             print(f"emotrain: {e}", file=sys.stderr)

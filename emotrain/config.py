@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import dataclasses
 import difflib
+import math
 from dataclasses import dataclass, field
 from enum import Enum
 from typing import Any, Dict, List, Optional
@@ -23,6 +24,43 @@ from omegaconf import MISSING, DictConfig, OmegaConf
 from emotrain.errors import ConfigError
 
 # --------------------------------------------------------------------------- helpers
+
+
+SEED_MAX = 2**32 - 1  # numpy's seeds are 32-bit
+
+
+def _bound_text(low, low_open: bool, high, high_open: bool) -> str:
+    if low is not None and high is not None:
+        return f"in {'(' if low_open else '['}{low}, {high}{')' if high_open else ']'}"
+    if low is not None:
+        return f"{'>' if low_open else '>='} {low}"
+    return f"{'<' if high_open else '<='} {high}"
+
+
+def check_range(key: str, value, *, ge=None, gt=None, le=None, lt=None, integer: bool = False, optional: bool = False) -> None:
+    """ConfigError naming `key` unless `value` is a finite number within the bounds (None allowed when `optional`).
+
+    The owner of each config group calls this for its numeric keys before any work; the message
+    states the valid range: `optim.lr=nan: must be a finite number > 0`.
+    """
+    if value is None and optional:
+        return
+    low, low_open = (gt, True) if gt is not None else (ge, False)
+    high, high_open = (lt, True) if lt is not None else (le, False)
+    bounds = _bound_text(low, low_open, high, high_open) if (low is not None or high is not None) else ""
+    what = "an integer" if integer else "a finite number"
+    expected = f"{what} {bounds}".strip() + (" or null" if optional else "")
+    if isinstance(value, bool) or not isinstance(value, (int, float)) or (integer and not isinstance(value, int)):
+        raise ConfigError(f"{key}={value!r}: must be {expected}")
+    if not math.isfinite(value):
+        raise ConfigError(f"{key}={value}: must be {expected}")
+    if (low is not None and (value <= low if low_open else value < low)) or (high is not None and (value >= high if high_open else value > high)):
+        raise ConfigError(f"{key}={value}: must be {bounds}" + (" or null" if optional else ""))
+
+
+def check_seed(key: str, seed) -> None:
+    """A seed numpy, torch and Python all accept: an integer in [0, 2**32 - 1]."""
+    check_range(key, seed, ge=0, le=SEED_MAX, integer=True)
 
 
 def choice(value) -> str:

@@ -30,29 +30,31 @@ import torch
 from omegaconf import DictConfig, OmegaConf
 from tqdm import tqdm
 
-from emotrain.config import check_config_keys, choice, flatten_dict
-from emotrain.data.cv import apply_cv, kfold_split
-from emotrain.data.loading import load_data
+from emotrain.checkpointing import validate_checkpoint_config
+from emotrain.config import check_config_keys, check_range, check_seed, choice, flatten_dict
+from emotrain.data.cv import apply_cv, kfold_split, validate_cv_config
+from emotrain.data.loading import load_data, validate_data_config
 from emotrain.data.types import DataBundle, Split
 from emotrain.errors import ConfigError, TrainingDiverged, TrainingInterrupted
 from emotrain.io import write_json
-from emotrain.models.backbones import encoder_layers, load_encoder, load_tokenizer
+from emotrain.models.backbones import check_max_length, encoder_layers, load_encoder, load_tokenizer, validate_backbone_config
 from emotrain.models.embeddings import compact_word_embeddings
 from emotrain.models.dropout import use_fast_dropout
 from emotrain.models.multitask import MultiTaskModel
 from emotrain.preprocessing import Preprocessor
 from emotrain import distributed as ddp
 from emotrain.tracking import NullTracker, make_tracker
+from emotrain.rundir import remove_stale_temporaries
 from emotrain.reproducibility import git_info, library_versions, print_reproducibility_info, reproducibility_info, set_seed
 from emotrain.training.batching import EncodedSplit, encode_texts, make_loader
 from emotrain.training.caches import FeatureCache, TokenCache, content_key, encoder_fingerprint
 from emotrain.training.evaluation import EarlyStopping, evaluate
-from emotrain.training.freeze import apply_freeze, validate_freeze
+from emotrain.training.freeze import apply_freeze, validate_freeze, validate_freeze_config
 from emotrain.training.host_memory import keep_freed_host_memory
-from emotrain.training.losses import MultiTaskLoss, class_counts
-from emotrain.training.optim import build_optimizer
+from emotrain.training.losses import MultiTaskLoss, class_counts, validate_loss_config
+from emotrain.training.optim import build_optimizer, validate_optim_config
 from emotrain.training.precision import MixedPrecisionTrainer, get_device, resolve_precision
-from emotrain.training.schedulers import build_scheduler
+from emotrain.training.schedulers import build_scheduler, validate_scheduler_config
 from emotrain.training.thresholds import tune_thresholds
 
 log = logging.getLogger("emotrain")
@@ -82,48 +84,33 @@ def stop_on_sigint(recipe: "TrainingRecipe"):
 # --------------------------------------------------------------------------- config checks
 
 
-def validate_config(cfg: DictConfig) -> None:
-    """Checks the schema cannot express; run before any data is read or model built."""
-    check_config_keys(cfg)
-    t = cfg.trainer
-    positive = {
-        "trainer.epochs": t.epochs,
-        "trainer.batch_size": t.batch_size,
-        "trainer.eval_batch_size": t.eval_batch_size,
-        "trainer.grad_accum_steps": t.grad_accum_steps,
-        "trainer.log_every_steps": t.log_every_steps,
-        "trainer.max_nonfinite_steps": t.max_nonfinite_steps,
-        "backbone.max_length": cfg.backbone.max_length,
-    }
-    for key, value in positive.items():
-        if value < 1:
-            raise ConfigError(f"{key}={value}: must be >= 1")
+def validate_trainer_config(t) -> None:
+    """trainer.* (this module's group): every numeric key within its documented range."""
+    for key in ("epochs", "batch_size", "eval_batch_size", "grad_accum_steps", "log_every_steps", "max_nonfinite_steps"):
+        check_range(f"trainer.{key}", t[key], ge=1, integer=True)
     for key in ("max_steps", "eval_every_steps", "num_threads"):
-        value = t[key]
-        if value is not None and value < 1:
-            raise ConfigError(f"trainer.{key}={value}: must be >= 1 or null")
-    if t.max_grad_norm is not None and t.max_grad_norm <= 0:
-        raise ConfigError(f"trainer.max_grad_norm={t.max_grad_norm}: must be > 0 or null")
-    if not 0.0 <= t.dropout < 1.0:
-        raise ConfigError(f"trainer.dropout={t.dropout}: must be in [0, 1)")
-    if t.early_stopping.patience is not None and t.early_stopping.patience < 1:
-        raise ConfigError(f"trainer.early_stopping.patience={t.early_stopping.patience}: must be >= 1 or null")
-    if t.early_stopping.min_delta < 0:
-        raise ConfigError(f"trainer.early_stopping.min_delta={t.early_stopping.min_delta}: must be >= 0")
-    for key in ("val_fraction", "test_fraction"):
-        if not 0.0 <= cfg.data[key] < 1.0:
-            raise ConfigError(f"data.{key}={cfg.data[key]}: must be in [0, 1)")
-    if cfg.data.val_fraction + cfg.data.test_fraction >= 1.0:
-        raise ConfigError("data.val_fraction + data.test_fraction must be < 1")
-    if cfg.backbone.kind == "tiny" and cfg.backbone.hidden_size % cfg.backbone.num_heads:
-        raise ConfigError(f"backbone.hidden_size={cfg.backbone.hidden_size} must be divisible by backbone.num_heads={cfg.backbone.num_heads}")
-    if choice(cfg.cv.kind) == "kfold":
-        if cfg.cv.k < 2:
-            raise ConfigError(f"cv.k={cfg.cv.k}: k-fold needs k >= 2")
-        if not 0 <= cfg.cv.fold < cfg.cv.k:
-            raise ConfigError(f"cv.fold={cfg.cv.fold}: must be in [0, {cfg.cv.k}) for cv.k={cfg.cv.k}")
-    if cfg.checkpoint.save_top_k < -1:
-        raise ConfigError(f"checkpoint.save_top_k={cfg.checkpoint.save_top_k}: use -1 (keep all), 0 (last only) or k >= 1")
+        check_range(f"trainer.{key}", t[key], ge=1, integer=True, optional=True)
+    check_range("trainer.max_grad_norm", t.max_grad_norm, gt=0, optional=True)
+    check_range("trainer.dropout", t.dropout, ge=0, lt=1)
+    check_range("trainer.early_stopping.patience", t.early_stopping.patience, ge=1, integer=True, optional=True)
+    check_range("trainer.early_stopping.min_delta", t.early_stopping.min_delta, ge=0)
+    check_range("trainer.threshold", t.threshold, gt=0, lt=1, optional=True)
+    check_range("trainer.threshold_floor", t.threshold_floor, ge=0, lt=1)
+
+
+def validate_config(cfg: DictConfig) -> None:
+    """Every group checked by the module that owns it, before any data is read or model built."""
+    check_config_keys(cfg)
+    check_seed("seed", cfg.seed)
+    validate_data_config(cfg.data)
+    validate_backbone_config(cfg.backbone)
+    validate_freeze_config(cfg.freeze)
+    validate_loss_config(cfg.loss)
+    validate_scheduler_config(cfg.scheduler)
+    validate_optim_config(cfg.optim)
+    validate_trainer_config(cfg.trainer)
+    validate_cv_config(cfg.cv)
+    validate_checkpoint_config(cfg.checkpoint)
 
 
 def monitor_keys(bundle: DataBundle) -> list[str]:
@@ -207,6 +194,7 @@ class TrainingRecipe:
     def setup(self) -> "TrainingRecipe":
         cfg = self.cfg
         validate_config(cfg)
+        check_max_length(cfg.backbone, Path(cfg.paths.root_dir))
         # Data parallel (torchrun): join the process group; only rank 0 writes (no-op in one process).
         self.dist = ddp.init_distributed()
         self.is_main = self.dist.is_main
@@ -347,6 +335,9 @@ class TrainingRecipe:
 
         given = Path(path) if Path(path).is_absolute() else self.root_dir / path
         ckpt_path = resolve_checkpoint(given, which="last")
+        if self.is_main and ckpt_path.parent.name == "checkpoints":
+            # What a kill during a write left behind in the resumed run (unless a process still runs there).
+            remove_stale_temporaries(ckpt_path.parent.parent)
         meta = load_checkpoint(ckpt_path)  # metadata first: refuse shape changes before touching the model
         changed = compare_resume_config(meta["hyperparameters"], self.resolved_config, meta["tasks"], [t.to_dict() for t in self.tasks])
         if changed:

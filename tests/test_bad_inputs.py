@@ -189,7 +189,16 @@ DATA_CASES = [
     Case("empty_label", table(f"{D}/empty_label.csv"), ["empty_label.csv line 3", "every row needs a label"]),
     Case("latin1_bytes", table(f"{D}/latin1.csv"), ["latin1.csv line 3", "byte offset", "not valid utf-8", "data.encoding"]),
     Case("mixed_encodings", table(f"{D}/mixed_encodings.csv"), ["mixed_encodings.csv line 3", "not valid utf-8", "data.encoding"]),
-    Case("utf16_without_encoding", table(f"{D}/utf16.csv"), ["utf16.csv line 1", "byte offset 0", "data.encoding"]),
+    Case("utf16_without_encoding", table(f"{D}/utf16.csv"), ["utf16.csv", "UTF-16 byte-order mark", "data.encoding=utf-16"]),
+    Case("utf16_without_bom", table(f"{D}/utf16_no_bom.csv"), ["utf16_no_bom.csv", "appears to be UTF-16", "data.encoding=utf-16-le"]),
+    Case("gzip_named_csv", table(f"{D}/gzip_named_csv.csv"), ["gzip_named_csv.csv", "appears to be gzip-compressed", ".gz"]),
+    # data that would train a meaningless model
+    Case("single_class", table(f"{D}/single_class.csv"), ["single_class.csv", "single class", "'joy'", "at least 2"]),
+    Case("nan_label_column", table(f"{D}/nan_label_column.csv"), ["nan_label_column.csv line 2", "'NaN', a missing-value marker"]),
+    Case("invisible_text", table(f"{D}/invisible_text.csv"), ["invisible_text.csv line 3", "empty after normalisation", "zero-width"]),
+    Case("text_column_is_label_column", table(f"{D}/valid_train.csv", "data.text_column=label"),
+         ["data.text_column", "data.tasks.emotion.column", "'label'"]),
+    Case("jsonl_duplicate_key", table(f"{D}/duplicate_key.jsonl"), ["duplicate_key.jsonl line 3", "'label' appears twice"]),
     Case("unknown_encoding", table(f"{D}/valid_train.csv", "data.encoding=klingon"), ["data.encoding='klingon'", "not a known text encoding"]),
     Case("one_example_class", table(f"{D}/one_example_class.csv"), ["one_example_class.csv", "class 'fear'", "only 1 example", "data.test_file"]),
     Case("ids_out_of_range", table(f"{D}/ids_out_of_range.csv", "+data.tasks.emotion.ids=true", "+data.tasks.emotion.labels=[joy,anger,fear]"),
@@ -257,7 +266,33 @@ CONFIG_CASES = [
     Case("label_smoothing", ["loss.label_smoothing=1.0"], ["loss.label_smoothing=1.0"]),
     Case("class_weights_length", [*table(f"{D}/valid_train.csv"), "loss.class_weights=[1.0,2.0]"], ["loss.class_weights", "3 labels but 2 weights"]),
     Case("task_weights_unknown_task", ["+loss.task_weights.topic=2.0"], ["loss.task_weights", "topic"]),
-    Case("max_examples_zero", ["data.max_train_examples=0"], ["data.max_train_examples=0", "1 or more"]),
+    Case("max_examples_zero", ["data.max_train_examples=0"], ["data.max_train_examples=0", ">= 1 or null"]),
+    # numeric keys that reached torch / numpy / sklearn unchecked, or gave a useless model
+    Case("lr_nan", ["optim.lr=nan"], ["optim.lr=nan", "a finite number > 0"]),
+    Case("lr_inf", ["optim.lr=inf"], ["optim.lr=inf", "a finite number > 0"]),
+    Case("seed_negative", ["seed=-1"], ["seed=-1", "[0, 4294967295]"]),
+    Case("seed_beyond_64_bits", ["seed=18446744073709551616"], ["seed=18446744073709551616", "[0, 4294967295]"]),
+    Case("split_seed_negative", ["data.split_seed=-1"], ["data.split_seed=-1", "[0, 4294967295]"]),
+    Case("cv_seed_negative", ["cv=kfold", "cv.seed=-1"], ["cv.seed=-1", "[0, 4294967295]"]),
+    Case("beta_above_one", ["optim.betas=[1.5,0.999]"], ["optim.betas[0]=1.5", "[0, 1)"]),
+    Case("one_beta", ["optim.betas=[0.9]"], ["optim.betas", "two numbers"]),
+    Case("eps_zero", ["optim.eps=0"], ["optim.eps=0", "> 0"]),
+    Case("head_lr_negative", ["optim.head_lr=-1e-3"], ["optim.head_lr=-0.001", "> 0 or null"]),
+    Case("weight_decay_negative", ["optim.weight_decay=-0.1"], ["optim.weight_decay=-0.1", ">= 0"]),
+    Case("threshold_above_one", ["trainer.threshold=2"], ["trainer.threshold=2", "(0, 1) or null"]),
+    Case("threshold_floor_one", ["trainer.threshold_floor=1"], ["trainer.threshold_floor=1", "[0, 1)"]),
+    Case("max_grad_norm_nan", ["trainer.max_grad_norm=nan"], ["trainer.max_grad_norm=nan", "finite"]),
+    Case("min_delta_negative", ["trainer.early_stopping.min_delta=-1"], ["trainer.early_stopping.min_delta=-1", ">= 0"]),
+    Case("warmup_steps_negative", ["scheduler.warmup_steps=-1"], ["scheduler.warmup_steps=-1", ">= 0"]),
+    Case("focal_gamma_negative", ["loss=focal", "loss.gamma=-1"], ["loss.gamma=-1", ">= 0"]),
+    Case("focal_alpha_nan", ["loss=focal", "loss.alpha=nan"], ["loss.alpha=nan", "finite"]),
+    Case("class_weight_nan", [*table(f"{D}/valid_train.csv"), "loss.class_weights=[1.0,nan,1.0]"], ["loss.class_weights[1]=nan"]),
+    Case("class_weights_scalar", ["loss.class_weights=2.0"], ["loss.class_weights=2.0", "'balanced' or a list"]),
+    Case("task_weight_negative", ["+loss.task_weights.emotion=-1"], ["loss.task_weights.emotion=-1", ">= 0"]),
+    Case("max_length_beyond_positions", ["backbone=minilm", "backbone.max_length=100000"],
+         ["backbone.max_length=100000", "position embeddings for 512 tokens", "512 or less"]),
+    Case("save_top_k_below_minus_one", ["checkpoint.save_top_k=-2"], ["checkpoint.save_top_k=-2", ">= -1"]),
+    Case("prefix_escapes_the_run_dir", ["checkpoint.prefix=../escaped"], ["checkpoint.prefix='../escaped'", "no '/'"]),
     Case("fractions_sum", ["data.val_fraction=0.6", "data.test_fraction=0.5"], ["data.val_fraction + data.test_fraction"]),
     Case("unknown_monitor", ["trainer.monitor=accuracy"], ["trainer.monitor=accuracy", "choose one of"]),
     Case("unknown_primary_task", ["data.primary_task=topic"], ["data.primary_task='topic'", "emotion, sentiment"]),
@@ -278,9 +313,12 @@ VALID_CASES = [
     Case("quoted_separators", table(f"{D}/quoted_separators.csv"), valid=True),
     Case("duplicate_ids", table(f"{D}/duplicate_ids.csv"), valid=True),
     Case("utf16_with_encoding", table(f"{D}/utf16.csv", "data.encoding=utf-16"), valid=True),
+    Case("utf16_without_bom_with_encoding", table(f"{D}/utf16_no_bom.csv", "data.encoding=utf-16-le"), valid=True),
+    Case("label_case_variants", table(f"{D}/label_case_variants.csv"), valid=True),
     Case("one_megabyte_text", table("{work}/long_text.csv"), valid=True),
 ]
-ROWS = {"bom": 30, "crlf": 30, "quoted_separators": 30, "duplicate_ids": 36, "utf16_with_encoding": 30, "one_megabyte_text": 31}
+ROWS = {"bom": 30, "crlf": 30, "quoted_separators": 30, "duplicate_ids": 36, "utf16_with_encoding": 30, "one_megabyte_text": 31,
+        "utf16_without_bom_with_encoding": 30, "label_case_variants": 30}
 
 
 def checkpoint_cases() -> list[Case]:
@@ -448,6 +486,10 @@ def test_odd_but_valid_inputs_train(corpus_run, case):
     assert metrics["status"] == "completed"
     assert sum(metrics["data_sizes"].values()) == ROWS[case.name]  # every row read, none split or merged
     assert [t["labels"] for t in metrics["tasks"]] == [["anger", "fear", "joy"]]  # the header was found (BOM) and no cell bled into labels
+    if case.name == "label_case_variants":  # normalised to the most frequent spelling, said once
+        console = outcome.out + outcome.err  # Hydra's console log handler writes to stdout
+        warnings = [line for line in console.splitlines() if "differ only in case" in line]
+        assert len(warnings) == 1 and "'JOY' -> 'joy'" in warnings[0], console[-2000:]
 
 
 def test_corpus_is_big_enough_and_fast(corpus_run):

@@ -292,11 +292,11 @@ def test_val_label_unseen_in_training(tmp_path):
 
 
 def test_undecodable_bytes_suggest_encoding(tmp_path):
-    (tmp_path / "train.csv").write_bytes("text,label\nok,joy\ncaf\u00e9,joy\n".encode("latin-1"))
+    (tmp_path / "train.csv").write_bytes("text,label\nok,joy\nfine,anger\ncaf\u00e9,joy\nnope,anger\n".encode("latin-1"))
     with pytest.raises(DataError) as e:
         load_data(cfg("train.csv", val_fraction=0.5, test_fraction=0), tmp_path)
     msg = message(e)
-    assert "train.csv line 3" in msg and "byte offset 21" in msg and "data.encoding" in msg
+    assert "train.csv line 4" in msg and "byte offset 32" in msg and "data.encoding" in msg
     b = load_data(cfg("train.csv", encoding="latin-1", val_fraction=0.5, test_fraction=0), tmp_path)
     assert "caf\u00e9" in b.train.texts + b.val.texts
 
@@ -400,3 +400,68 @@ def test_missing_train_file_setting(tmp_path):
     with pytest.raises(DataError) as e:
         load_data({"kind": "table", "tasks": {"emotion": {"column": "label"}}}, tmp_path)
     assert "data.train_file is not set" in message(e)
+
+
+# --------------------------------------------------------------------------- data that would train a meaningless model
+
+
+def _rows(labels: list[str], header: str = "text,tags") -> str:
+    return header + "\n" + "".join(f"text number {i},\"{lab}\"\n" for i, lab in enumerate(labels))
+
+
+def test_multilabel_task_with_every_label_always_off_or_on_is_refused(tmp_path):
+    splits = {"val_file": "val.csv", "test_file": "test.csv"}
+    tasks = {"tags": {"column": "tags", "multilabel": True, "labels": ["a", "b"]}}
+    write(tmp_path / "val.csv", _rows(["a", "b", ""]))
+    write(tmp_path / "test.csv", _rows(["a", "b", ""]))
+    write(tmp_path / "train.csv", _rows(["a,b"] * 6))
+    with pytest.raises(DataError) as e:
+        load_data(cfg("train.csv", tasks, **splits), tmp_path)
+    assert "task 'tags' has every label on in all 6 training rows" in message(e)
+    write(tmp_path / "train.csv", _rows(["a,b"] * 3 + ["a"] * 3))  # b always on, a varies: learnable
+    assert len(load_data(cfg("train.csv", tasks, **splits), tmp_path).train) == 6
+
+
+def test_a_cap_that_leaves_one_class_is_refused(tmp_path):
+    write(tmp_path / "train.csv", _rows(["joy"] * 5 + ["anger"] * 5, header="text,label"))
+    with pytest.raises(DataError) as e:
+        load_data(cfg("train.csv", val_fraction=0.2, test_fraction=0.0, split_seed=0, max_train_examples=1), tmp_path)
+    assert "single class" in message(e) and "train.csv" in message(e)
+
+
+def test_case_variants_take_the_configured_spelling(tmp_path, caplog):
+    write(tmp_path / "train.csv", _rows(["Joy", "JOY", "anger", "Anger", "joy", "anger"] * 2, header="text,label"))
+    write(tmp_path / "val.csv", _rows(["JOY", "ANGER"], header="text,label"))
+    tasks = {"emotion": {"column": "label", "labels": ["anger", "Joy"]}}
+    with caplog.at_level("WARNING"):
+        bundle = load_data(cfg("train.csv", tasks, val_file="val.csv", test_fraction=0.0), tmp_path)
+    assert bundle.tasks[0].labels == ("anger", "Joy")
+    assert bundle.train.targets["emotion"].tolist() == [1, 1, 0, 0, 1, 0] * 2
+    assert bundle.val.targets["emotion"].tolist() == [1, 0]
+    warnings = [r.getMessage() for r in caplog.records if "differ only in case" in r.getMessage()]
+    assert len(warnings) == 1 and "'JOY' -> 'Joy'" in warnings[0] and "'Anger' -> 'anger'" in warnings[0]
+
+
+@pytest.mark.parametrize("marker", ["NaN", "nan", "null", "N/A", "#N/A", "<NA>"])
+def test_missing_value_markers_are_not_labels(marker, tmp_path):
+    write(tmp_path / "train.csv", _rows(["joy", "anger", marker, "joy"] * 3, header="text,label"))
+    with pytest.raises(DataError) as e:
+        load_data(cfg("train.csv"), tmp_path)
+    assert "train.csv line 4" in message(e) and "missing-value marker" in message(e)
+
+
+def test_files_that_are_not_what_their_name_says(tmp_path):
+    import bz2
+
+    text = _rows(["joy", "anger"] * 10, header="text,label")
+    cases = {
+        "utf16be.csv": (text.encode("utf-16-be"), "UTF-16 text (BE, no byte-order mark)", "data.encoding=utf-16-be"),
+        "archive.csv": (b"PK\x03\x04" + b"\x00" * 40, "a zip archive", "save the sheet as CSV"),
+        "packed.csv": (bz2.compress(text.encode()), "bzip2-compressed", ".bz2"),
+        "table.csv": (b"PAR1" + b"\x00" * 40, "a Parquet file", "data.format=parquet"),
+    }
+    for name, (data, what, fix) in cases.items():
+        (tmp_path / name).write_bytes(data)
+        with pytest.raises(DataError) as e:
+            load_data(cfg(name), tmp_path)
+        assert name in message(e) and what in message(e) and fix in message(e), message(e)

@@ -227,7 +227,7 @@ def test_torchrun_run_dir_and_resume(tmp_path):
     runs = [p for p in (tmp_path / "outputs").glob("*/*") if p.is_dir()]
     assert len(runs) == 1, runs  # all ranks agreed on rank 0's ${now:...}
     run_dir = runs[0]
-    assert sorted(p.name for p in run_dir.iterdir()) == [".hydra", "checkpoints", "emotrain.log", "metrics.json"]
+    assert sorted(p.name for p in run_dir.iterdir()) == [".emotrain.lock", ".hydra", "checkpoints", "emotrain.log", "metrics.json"]
     assert "[rank 1]" not in (run_dir / "emotrain.log").read_text()
     straight = json.loads((run_dir / "metrics.json").read_text())
     index = json.loads((run_dir / "checkpoints" / "index.json").read_text())["checkpoints"]

@@ -197,9 +197,11 @@ def faults(tmp_path_factory):
     jobs["enospc"] = ("enospc", 2, [*BASE, f"hydra.run.dir={runs / 'enospc'}"])
     with ThreadPoolExecutor(max_workers=3) as pool:
         first = dict(zip(jobs, pool.map(lambda job: _harness(*job, work), jobs.values())))
+    # What each kill left half-written, before the resumes clean it up.
+    leftovers = {name: sorted(p.name for p in (runs / name / "checkpoints").glob(".*.tmp")) for name in KILLS}
     cases = [Case("straight", BASE, valid=True)] + [Case(f"{name}_resumed", [*BASE, f"resume={runs / name}"], valid=True) for name in KILLS]
     resumed = run_batch(cases, work)  # run dirs: work/runs/<case name>
-    return runs, first, resumed
+    return runs, first, resumed, leftovers
 
 
 def _checkpoint_files_are_whole(run_dir: Path) -> list[Path]:
@@ -220,7 +222,7 @@ def _checkpoint_files_are_whole(run_dir: Path) -> list[Path]:
 
 @pytest.mark.parametrize("kill", list(KILLS))
 def test_sigkill_then_resume_equals_an_uninterrupted_run(faults, kill):
-    runs, first, resumed = faults
+    runs, first, resumed, leftovers = faults
     straight = resumed["straight"]
     assert straight.rc == 0, straight.err[-3000:]
     killed = first[kill]
@@ -232,7 +234,11 @@ def test_sigkill_then_resume_equals_an_uninterrupted_run(faults, kill):
     last = resolve_checkpoint(killed_dir, "last")
     assert load_checkpoint(last)["epoch"] == 1  # the newest complete checkpoint the pointers know
     if kill == "during_checkpoint_write":
-        assert list((killed_dir / "checkpoints").glob(".*.pt.*.tmp")), "expected the half-written temporary file"
+        assert [n for n in leftovers[kill] if ".pt." in n], "expected the half-written temporary file"
+    # The resume removed what the kill left half-written (and said so in its log).
+    assert not list((killed_dir / "checkpoints").glob(".*.tmp"))
+    if leftovers[kill]:
+        assert "leftover temporary" in (runs / f"{kill}_resumed" / "emotrain.log").read_text()
 
     proc = resumed[f"{kill}_resumed"]
     assert proc.rc == 0, proc.err[-3000:]
@@ -258,7 +264,7 @@ def _one_error_line(proc) -> str:
 
 
 def test_divergence_stops_with_one_line_and_keeps_the_last_good_checkpoint(faults):
-    runs, first, _ = faults
+    runs, first, _, _ = faults
     proc = first["diverge"]
     run_dir = runs / "diverge"
     line = _one_error_line(proc)
@@ -284,7 +290,7 @@ def test_divergence_stops_with_one_line_and_keeps_the_last_good_checkpoint(fault
 
 
 def test_full_disk_during_a_checkpoint_write_keeps_the_previous_one(faults):
-    runs, first, _ = faults
+    runs, first, _, _ = faults
     proc = first["enospc"]
     run_dir = runs / "enospc"
     line = _one_error_line(proc)

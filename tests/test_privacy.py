@@ -61,7 +61,7 @@ def private_runs(tmp_path_factory):
         Case("frozen_with_feature_cache", [*table, "data.train_file={work}/pii.csv", "freeze=full"], valid=True),
         Case("label_cell_holds_text", [*table, "data.train_file={work}/pii.csv", "data.val_file={work}/pii_val.csv"], ["pii_val.csv line 3", "[EMAIL]"]),
         Case("file_without_header", [*table, "data.train_file={work}/no_header.csv"], ["no_header.csv", "no column 'text'", "'contact [EMAIL]'"]),
-        Case("text_as_label_column", ["data=table", "+data.tasks.emotion.column=text", "data.train_file={work}/pii.csv"], ["only 1 example"]),
+        Case("text_as_label_column", ["data=table", "+data.tasks.emotion.column=text", "data.train_file={work}/pii.csv"], ["both name column 'text'"]),
     ]
     return work, cases, run_batch(cases, work)
 

@@ -4,7 +4,8 @@ from __future__ import annotations
 
 import logging
 
-from emotrain.config import choice
+from emotrain.config import check_range, check_seed, choice
+from emotrain.errors import ConfigError
 from emotrain.data.splitting import kfold_indices
 from emotrain.data.types import DataBundle, Split
 
@@ -15,6 +16,18 @@ def concat_splits(a: Split, b: Split) -> Split:
     import numpy as np
 
     return Split(texts=a.texts + b.texts, targets={k: np.concatenate([a.targets[k], b.targets[k]]) for k in a.targets}, name=f"{a.name}+{b.name}")
+
+
+def validate_cv_config(cv_cfg) -> None:
+    """cv=kfold: k >= 2, fold in 0..k-1, a valid split seed (cv=holdout has no keys)."""
+    if _kind(cv_cfg) != "kfold":
+        return
+    check_range("cv.k", cv_cfg.k, integer=True)
+    if cv_cfg.k < 2:
+        raise ConfigError(f"cv.k={cv_cfg.k}: k-fold needs k >= 2")
+    if not 0 <= cv_cfg.fold < cv_cfg.k:
+        raise ConfigError(f"cv.fold={cv_cfg.fold}: must be in [0, {cv_cfg.k}) for cv.k={cv_cfg.k}")
+    check_seed("cv.seed", cv_cfg.seed)
 
 
 def _kind(cv_cfg) -> str:

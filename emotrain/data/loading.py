@@ -15,7 +15,7 @@ import numpy as np
 from omegaconf import DictConfig, OmegaConf
 from omegaconf.errors import OmegaConfBaseException
 
-from emotrain.config import GROUP_SCHEMAS
+from emotrain.config import GROUP_SCHEMAS, check_range, check_seed
 from emotrain.data.goemotions import load_goemotions
 from emotrain.data.sample import load_sample
 from emotrain.data.table import load_table, resolve_path
@@ -44,6 +44,17 @@ def _data_config(data_cfg: Any) -> DictConfig:
         return OmegaConf.merge(OmegaConf.structured(DATA_SCHEMAS[kind]), plain)
     except OmegaConfBaseException as exc:
         raise DataError(f"data config: {str(exc).splitlines()[0]}") from None
+
+
+def validate_data_config(data_cfg: Any) -> None:
+    """data.* keys common to every data option, before any file is read."""
+    for key in ("val_fraction", "test_fraction"):
+        check_range(f"data.{key}", data_cfg[key], ge=0, lt=1)
+    if data_cfg.val_fraction + data_cfg.test_fraction >= 1.0:
+        raise DataError(f"data.val_fraction + data.test_fraction = {data_cfg.val_fraction + data_cfg.test_fraction:g} leaves no training rows; lower them")
+    check_seed("data.split_seed", data_cfg.split_seed)
+    for key in ("max_train_examples", "max_eval_examples"):
+        check_range(f"data.{key}", data_cfg[key], ge=1, integer=True, optional=True)
 
 
 def _required(cfg: DictConfig, key: str, example: str) -> Any:
@@ -94,7 +105,32 @@ def load_data(data_cfg: Any, root_dir: Path) -> DataBundle:
     bundle.val = _cap(bundle.val, cfg.max_eval_examples, "max_eval_examples")
     if bundle.test is not None:
         bundle.test = _cap(bundle.test, cfg.max_eval_examples, "max_eval_examples")
+    check_learnable(bundle)
     return bundle
+
+
+def check_learnable(bundle: DataBundle) -> None:
+    """Refuse a training split that gives a task nothing to tell apart: one class in every row
+    (multi-class), or every label on in all rows or off in all rows (multi-label)."""
+    where = bundle.sources.get("train", "the training split")
+    n = len(bundle.train)
+    for task in bundle.tasks:
+        y = np.asarray(bundle.train.targets[task.name])
+        if task.multilabel:
+            positives = y.sum(axis=0)
+            if not ((positives > 0) & (positives < n)).any():
+                state = "on" if (positives == n).all() else "off" if (positives == 0).all() else "on or off"
+                raise DataError(
+                    f"{where}: task {task.name!r} has every label {state} in all {n} training rows, so there is nothing to learn; "
+                    "check the label column (data.tasks.<name>.column) and the file"
+                )
+        else:
+            present = np.unique(y)
+            if len(present) < 2:
+                raise DataError(
+                    f"{where}: task {task.name!r} has a single class in the training split ({task.labels[int(present[0])]!r} in "
+                    f"all {n} rows); a classifier needs examples of at least 2 classes: check the label column and the file"
+                )
 
 
 __all__ = ["load_data"]

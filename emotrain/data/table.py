@@ -21,6 +21,7 @@ import gzip
 import io
 import json
 import lzma
+import logging
 import math
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -33,7 +34,9 @@ from emotrain.config import TableTaskConfig
 from emotrain.data.splitting import stratified_holdout
 from emotrain.data.types import DataBundle, Split, TaskSpec
 from emotrain.errors import DataError
-from emotrain.preprocessing import scrub_pii
+from emotrain.preprocessing import clean_whitespace, scrub_pii
+
+log = logging.getLogger(__name__)
 
 FORMATS = ("csv", "tsv", "jsonl", "parquet")
 
@@ -101,6 +104,45 @@ def read_bytes(path: Path, key: str) -> bytes:
     return raw
 
 
+# Leading bytes of files that are not text, and what to do about each.
+_MAGIC = (
+    (b"\x1f\x8b", "gzip-compressed", "name it .gz (e.g. train.csv.gz) so it is decompressed, or gunzip it"),
+    (b"BZh", "bzip2-compressed", "name it .bz2 so it is decompressed, or bunzip2 it"),
+    (b"\xfd7zXZ\x00", "xz-compressed", "name it .xz so it is decompressed, or unxz it"),
+    (b"PK\x03\x04", "a zip archive (or an Excel/ODS workbook)", "unzip it, or save the sheet as CSV"),
+    (b"PAR1", "a Parquet file", "set data.format=parquet (or name it .parquet)"),
+)
+
+
+def _utf16_layout(raw: bytes) -> str | None:
+    """'utf-16-le' / 'utf-16-be' when the bytes look like UTF-16 text without a byte-order mark."""
+    sample = raw[:4096]
+    if len(sample) < 4 or b"\x00" not in sample:
+        return None
+    odd, even = sample[1::2].count(0), sample[0::2].count(0)
+    half = len(sample) // 2
+    if odd > 0.4 * half and even < 0.05 * half:
+        return "utf-16-le"
+    if even > 0.4 * half and odd < 0.05 * half:
+        return "utf-16-be"
+    return None
+
+
+def _not_text(path: Path, raw: bytes, codec: str) -> str | None:
+    """Why `raw` cannot be `codec` text, when its first bytes say what the file really is."""
+    for magic, what, fix in _MAGIC:
+        if raw.startswith(magic):
+            return f"{path} appears to be {what}, not a text file; {fix}"
+    if codec.startswith("utf-16") or codec.startswith("utf-32"):
+        return None
+    if raw.startswith((b"\xff\xfe", b"\xfe\xff")):
+        return f"{path} starts with a UTF-16 byte-order mark, so it is UTF-16 text, not {codec}; set data.encoding=utf-16 (or save it as UTF-8)"
+    layout = _utf16_layout(raw)
+    if layout:
+        return f"{path} appears to be UTF-16 text ({layout[7:].upper()}, no byte-order mark), not {codec}; set data.encoding={layout} (or save it as UTF-8)"
+    return None
+
+
 def read_text(path: Path, encoding: str, *, key: str, encoding_hint: str) -> str:
     """Decode a whole file; bad bytes are reported by byte offset and line."""
     raw = read_bytes(path, key)
@@ -108,6 +150,9 @@ def read_text(path: Path, encoding: str, *, key: str, encoding_hint: str) -> str
         codec = codecs.lookup(encoding).name
     except LookupError:
         raise DataError(f"data.encoding={encoding!r} is not a known text encoding; use e.g. utf-8, latin-1 or cp1252") from None
+    problem = _not_text(path, raw, codec)
+    if problem:
+        raise DataError(problem)
     if codec == "utf-8":
         codec = "utf-8-sig"  # strips a BOM if there is one
     try:
@@ -257,6 +302,21 @@ def _width_message(path, start, end, width, found, sep, quoting, header, layout)
     return f"{path} {span}: expected {width} columns ({expected}), found {found}; {fix}"
 
 
+class _DuplicateKey(ValueError):
+    def __init__(self, key: str):
+        super().__init__(key)
+        self.key = key
+
+
+def _unique_keys(pairs: list[tuple[str, Any]]) -> dict:
+    out: dict = {}
+    for k, v in pairs:
+        if k in out:
+            raise _DuplicateKey(k)
+        out[k] = v
+    return out
+
+
 def read_jsonl(path: Path, *, encoding: str = "utf-8", key: str = "the data path") -> RawTable:
     """JSON Lines: one object per line (a JSON array per line gives columns named by position)."""
     text = read_text(path, encoding, key=key, encoding_hint="JSON Lines files should be UTF-8; or set data.encoding")
@@ -267,7 +327,11 @@ def read_jsonl(path: Path, *, encoding: str = "utf-8", key: str = "the data path
         if not line.strip():
             continue
         try:
-            obj = json.loads(line)
+            obj = json.loads(line, object_pairs_hook=_unique_keys)
+        except _DuplicateKey as dup:
+            raise DataError(
+                f"{path} line {lineno}: key {cell_repr(dup.key)} appears twice in one object (JSON keeps only the last); keep one"
+            ) from None
         except json.JSONDecodeError as exc:
             hint = " (the file looks like one JSON array: convert it to JSON Lines)" if line.lstrip().startswith("[") else ""
             raise DataError(
@@ -396,6 +460,11 @@ def text_cells(table: RawTable, column: str) -> list[str]:
             )
         if not v.strip():
             raise DataError(f"{table.where(i)}: empty text in column {column!r}; fill it in or remove that row")
+        if not clean_whitespace(v):
+            raise DataError(
+                f"{table.where(i)}: the text in column {column!r} is empty after normalisation (only invisible characters "
+                f"such as zero-width spaces, {cell_repr(v)}); fill it in or remove that row"
+            )
     return list(values)
 
 
@@ -460,9 +529,15 @@ class _CellProblem(Exception):
     """A bad label cell; the caller adds file and line."""
 
 
+# Cells that spreadsheets and pandas write for a missing value; never a label name.
+MISSING_MARKERS = frozenset({"nan", "null", "<na>", "n/a", "#n/a"})
+
+
 def _scalar_token(v: Any) -> str:
-    """One label value as a string; '' for an empty cell."""
+    """One label value as a string (surrounding spaces stripped); '' for an empty cell."""
     if isinstance(v, str):
+        if v.strip().lower() in MISSING_MARKERS:
+            raise _CellProblem(f"holds {v.strip()!r}, a missing-value marker, not a label; fill in the label or remove that row")
         return v.strip()
     if v is None:
         return ""
@@ -576,9 +651,35 @@ def encode_labels(
     raise AssertionError("unreachable")
 
 
+def unify_label_case(opts: TaskOptions, tokens: dict[str, list[list[str]]]) -> dict[str, list[list[str]]]:
+    """Labels that differ only in case ('joy' / 'JOY') are one label: the spelling of `labels` if
+    configured, else the training split's most frequent one; logged as one warning line."""
+    counts: dict[str, int] = {}
+    for rows in (tokens["train"], *(v for k, v in tokens.items() if k != "train")):
+        for ts in rows:
+            for t in ts:
+                counts[t] = counts.get(t, 0) + 1
+    spellings: dict[str, list[str]] = {}
+    for t in counts:
+        spellings.setdefault(t.casefold(), []).append(t)
+    configured = {label.casefold(): label for label in (opts.labels or ()) if not opts.ids}
+    canonical: dict[str, str] = {}
+    for folded, variants in spellings.items():
+        if len(variants) == 1 and (folded not in configured or configured[folded] == variants[0]):
+            continue
+        chosen = configured.get(folded) or max(variants, key=lambda s: (counts[s], s == s.lower(), s))
+        canonical.update({v: chosen for v in variants if v != chosen})
+    if not canonical:
+        return tokens
+    changed = sum(counts[v] for v in canonical)
+    shown = ", ".join(f"{cell_repr(v)} -> {cell_repr(c)}" for v, c in sorted(canonical.items()))
+    log.warning("task %r (column %r): labels that differ only in case are one label: %s (%d cells)", opts.name, opts.column, shown, changed)
+    return {split: [[canonical.get(t, t) for t in ts] for ts in rows] for split, rows in tokens.items()}
+
+
 def build_task(opts: TaskOptions, tables: Mapping[str, RawTable]) -> tuple[TaskSpec, dict[str, np.ndarray]]:
     """A task's spec and targets for every split; the label set comes from tables['train']."""
-    tokens = {split: label_tokens(table, opts) for split, table in tables.items()}
+    tokens = unify_label_case(opts, {split: label_tokens(table, opts) for split, table in tables.items()})
     spec = TaskSpec(name=opts.name, labels=label_set(opts, tokens["train"]), multilabel=opts.multilabel)
     targets = {
         split: encode_labels(tables[split], tokens[split], spec, opts, is_train=(split == "train")) for split in tables
@@ -622,6 +723,12 @@ def load_table(cfg: Any, root_dir: Path) -> DataBundle:
         for split, path in paths.items()
     }
     text_column = str(cfg.text_column)
+    for opts in options:
+        if opts.column == text_column:
+            raise DataError(
+                f"data.text_column and {opts.key}.column both name column {text_column!r}: the model would read its own "
+                "answer; point data.text_column at the text and the task at its label column"
+            )
     texts = {split: text_cells(table, text_column) for split, table in tables.items()}
 
     specs: list[TaskSpec] = []

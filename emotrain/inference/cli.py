@@ -23,6 +23,8 @@ from typing import Iterator
 
 from emotrain.errors import TRAINING_PACKAGES, EmotrainError, MissingDependencyError, require_packages
 
+log = logging.getLogger("emotrain.inference.cli")
+
 PREDICT = "emotrain-predict"
 EXPORT = "emotrain-export"
 
@@ -94,9 +96,27 @@ def _predict_parser() -> argparse.ArgumentParser:
     return p
 
 
+def _utf8_line(raw: bytes | str, where: str) -> str:
+    """A line as UTF-8 text; invalid bytes become U+FFFD with one warning naming the line (never echoed raw)."""
+    if isinstance(raw, str):  # a text stream; undecodable bytes arrive as lone surrogates (surrogateescape)
+        try:
+            raw.encode("utf-8")
+            return raw
+        except UnicodeEncodeError:
+            raw = raw.encode("utf-8", "surrogateescape") if all(
+                not 0xD800 <= ord(c) <= 0xDFFF or 0xDC80 <= ord(c) <= 0xDCFF for c in raw
+            ) else raw.encode("utf-8", "surrogatepass")
+    try:
+        return raw.decode("utf-8")
+    except UnicodeDecodeError as e:
+        log.warning("%s: bytes %r at offset %d are not valid UTF-8; replaced by U+FFFD (send UTF-8 text)", where, raw[e.start:e.end][:8], e.start)
+        return raw.decode("utf-8", "replace")
+
+
 def _stdin_records(stream, mode: str) -> Iterator[tuple[dict, str]]:
-    for lineno, line in enumerate(stream, start=1):
-        line = line.rstrip("\r\n")
+    source = getattr(stream, "buffer", stream)  # bytes when possible: decoding is ours, so bad bytes are named
+    for lineno, raw in enumerate(source, start=1):
+        line = _utf8_line(raw, f"stdin line {lineno}").rstrip("\r\n")
         if not line.strip():
             continue
         if mode == "jsonl" or (mode == "auto" and line.lstrip().startswith("{")):
@@ -109,6 +129,28 @@ def _stdin_records(stream, mode: str) -> Iterator[tuple[dict, str]]:
             yield obj, obj["text"]
         else:
             yield {"text": line}, line
+
+
+def _jsonl_writer(stream):
+    """Writes one JSON object per line as UTF-8 whatever the locale; a string JSON cannot carry as UTF-8
+    (a lone surrogate from an escaped "\\ud800") is written with \\u escapes instead."""
+    binary = getattr(stream, "buffer", None)
+
+    def write(obj: dict) -> None:
+        line = json.dumps(obj, ensure_ascii=False)
+        try:
+            data = (line + "\n").encode("utf-8")
+        except UnicodeEncodeError:
+            data = (json.dumps(obj) + "\n").encode("ascii")
+        if binary is not None:
+            stream.flush()
+            binary.write(data)
+            binary.flush()
+        else:
+            stream.write(data.decode("utf-8"))
+            stream.flush()
+
+    return write
 
 
 def _chunks(records: Iterator, size: int) -> Iterator[list]:
@@ -142,15 +184,15 @@ def _predict(args) -> int:
             num_threads=args.num_threads, max_chars=args.max_chars or DEFAULT_MAX_CHARS,
         )
         if args.texts:
-            rounds = [[({"text": t}, t) for t in args.texts]]
+            texts = [_utf8_line(t, f"argument {i + 1}") for i, t in enumerate(args.texts)]
+            rounds = [[({"text": t}, t) for t in texts]]
         else:
             rounds = _chunks(_stdin_records(sys.stdin, args.input), args.chunk)
-        out = sys.stdout
+        write = _jsonl_writer(sys.stdout)
         for chunk in rounds:
             results = engine.predict_batch([text for _, text in chunk], batch_size=args.batch_size)
             for (record, _), result in zip(chunk, results):
-                out.write(json.dumps({**record, **result}, ensure_ascii=False) + "\n")
-            out.flush()
+                write({**record, **result})
     except (EmotrainError, ValueError, TypeError, OSError) as e:
         if isinstance(e, BrokenPipeError):
             return _broken_pipe()

@@ -51,7 +51,7 @@ from emotrain.inference.bundle import (
     one_line,
 )
 from emotrain.inference.engine import OnnxBackend, TorchBackend, _activate
-from emotrain.io import write_json
+from emotrain.io import publish_modes, write_json
 from emotrain.preprocessing import Preprocessor
 
 log = logging.getLogger("emotrain.inference")
@@ -149,15 +149,6 @@ def _check_out_dir(out: Path) -> None:
             raise EmotrainError(f"out={out}: exists and is not a directory; choose another output directory")
         if any(out.iterdir()) and not (out / BUNDLE_META).is_file():
             raise EmotrainError(f"out={out}: exists, is not empty and is not a bundle; choose another directory (an existing bundle is replaced)")
-
-
-def _publishable(staging: Path) -> None:
-    """Temp files and directories are private (0600/0700): give the bundle the usual umask modes."""
-    umask = os.umask(0)
-    os.umask(umask)
-    os.chmod(staging, 0o777 & ~umask)
-    for p in staging.rglob("*"):
-        os.chmod(p, (0o777 if p.is_dir() else 0o666) & ~umask)
 
 
 def _install(staging: Path, out: Path) -> None:
@@ -498,7 +489,7 @@ def export_bundle(
             "exported_at": _dt.datetime.now().astimezone().isoformat(timespec="seconds"),
         }
         write_json(staging / BUNDLE_META, meta)
-        _publishable(staging)
+        publish_modes(staging)
         _install(staging, out)
     finally:
         shutil.rmtree(staging, ignore_errors=True)

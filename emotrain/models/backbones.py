@@ -8,7 +8,7 @@ from pathlib import Path
 
 from transformers import AutoConfig, AutoModel, AutoTokenizer, BertConfig, BertModel, PreTrainedModel, PreTrainedTokenizerBase
 
-from emotrain.config import choice
+from emotrain.config import check_range, choice
 from emotrain.errors import ConfigError
 
 log = logging.getLogger(__name__)
@@ -44,6 +44,44 @@ def backbone_dir(backbone_cfg, root_dir: Path) -> Path:
             )
         return path
     raise ConfigError(f"backbone.kind={kind}: unknown; use minilm, tiny or local")
+
+
+def validate_backbone_config(backbone_cfg) -> None:
+    """backbone.* before any work (the limit of max_length needs the model's config: check_max_length)."""
+    check_range("backbone.max_length", backbone_cfg.max_length, ge=1, integer=True)
+    if backbone_cfg.kind == "tiny":
+        for key in ("hidden_size", "num_layers", "num_heads", "intermediate_size"):
+            check_range(f"backbone.{key}", backbone_cfg[key], ge=1, integer=True)
+        if backbone_cfg.hidden_size % backbone_cfg.num_heads:
+            raise ConfigError(f"backbone.hidden_size={backbone_cfg.hidden_size} must be divisible by backbone.num_heads={backbone_cfg.num_heads}")
+
+
+# Position ids of these families start after the padding index, so two positions are not usable.
+_OFFSET_POSITIONS = {"roberta": 2, "xlm-roberta": 2, "camembert": 2, "data2vec-text": 2, "longformer": 2, "mpnet": 2}
+
+
+def max_positions(config) -> int | None:
+    """The longest input (tokens) the encoder's position embeddings cover; None if it has no such limit."""
+    if not getattr(config, "position_biased_input", True) and getattr(config, "relative_attention", False):
+        return None  # DeBERTa-v2/v3: relative positions only
+    n = getattr(config, "max_position_embeddings", None)
+    if n is None:
+        return None
+    return int(n) - _OFFSET_POSITIONS.get(getattr(config, "model_type", ""), 0)
+
+
+def check_max_length(backbone_cfg, root_dir: Path) -> None:
+    """ConfigError when backbone.max_length exceeds the backbone's position embeddings (a long text would crash
+    training, and a bundle exported from it would crash at serve time). Reads only the model's config.json."""
+    if backbone_cfg.kind == "tiny":
+        return  # built with max(512, max_length) positions
+    config = AutoConfig.from_pretrained(str(backbone_dir(backbone_cfg, root_dir)), local_files_only=True)
+    limit = max_positions(config)
+    if limit is not None and backbone_cfg.max_length > limit:
+        raise ConfigError(
+            f"backbone.max_length={backbone_cfg.max_length}: {backbone_cfg.name} has position embeddings for {limit} tokens; "
+            f"use backbone.max_length={limit} or less"
+        )
 
 
 def load_tokenizer(backbone_cfg, root_dir: Path) -> PreTrainedTokenizerBase:

@@ -4,9 +4,18 @@ from __future__ import annotations
 
 from torch import nn
 
-from emotrain.config import choice
+from emotrain.config import check_range, choice
 from emotrain.errors import ConfigError
 from emotrain.models.backbones import encoder_embeddings, encoder_layers
+
+
+def validate_freeze_config(freeze_cfg) -> None:
+    """freeze.* before any work; the depth of freeze.layers is checked once the encoder is built (validate_freeze)."""
+    mode = choice(freeze_cfg.mode)
+    if mode == "partial":
+        check_range("freeze.layers", freeze_cfg.layers, ge=0, integer=True)
+    if mode == "progressive":
+        check_range("freeze.every", freeze_cfg.every, ge=1, integer=True)
 
 
 def validate_freeze(freeze_cfg, num_layers: int) -> None:

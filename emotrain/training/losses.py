@@ -12,7 +12,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from emotrain.config import choice
+from emotrain.config import check_range, choice
 from emotrain.data.splitting import class_counts as count_classes
 from emotrain.data.types import TaskSpec
 from emotrain.errors import ConfigError
@@ -56,6 +56,44 @@ def focal_loss_multilabel(logits, target, gamma: float, alpha: torch.Tensor | No
     return reduce_labels(loss, label_reduction)
 
 
+def _check_weights(key: str, value, *, scalar_ok: bool, per_task: bool = True) -> None:
+    """class_weights / alpha: null, 'balanced' (class_weights), a scalar (alpha), a list of numbers >= 0, or {task: one of those}."""
+    if value is None:
+        return
+    if isinstance(value, str):
+        if scalar_ok or value != "balanced":
+            raise ConfigError(f"{key}={value!r}: use null, {'a number' if scalar_ok else repr('balanced')} or a list of numbers >= 0")
+        return
+    if hasattr(value, "keys"):
+        if not per_task:
+            raise ConfigError(f"{key}: expected a list of numbers, not a mapping")
+        for task in value:
+            _check_weights(f"{key}.{task}", value[task], scalar_ok=scalar_ok, per_task=False)
+        return
+    if isinstance(value, (int, float)) and not isinstance(value, bool):
+        if not scalar_ok:
+            raise ConfigError(f"{key}={value}: use null, 'balanced' or a list of one weight per label")
+        check_range(key, value, ge=0)
+        return
+    try:
+        items = list(value)
+    except TypeError:
+        raise ConfigError(f"{key}={value!r}: expected a list of numbers >= 0") from None
+    for i, w in enumerate(items):
+        check_range(f"{key}[{i}]", w, ge=0)
+
+
+def validate_loss_config(loss_cfg) -> None:
+    """loss.* before any work; lengths per task are checked when the loss is built (labels known then)."""
+    check_range("loss.label_smoothing", loss_cfg.label_smoothing, ge=0, lt=1)
+    for task, weight in loss_cfg.task_weights.items():
+        check_range(f"loss.task_weights.{task}", weight, ge=0)
+    _check_weights("loss.class_weights", loss_cfg.class_weights, scalar_ok=False)
+    if choice(loss_cfg.kind) == "focal":
+        check_range("loss.gamma", loss_cfg.gamma, ge=0)
+        _check_weights("loss.alpha", loss_cfg.alpha, scalar_ok=True)
+
+
 def _per_task_value(value, task: TaskSpec, what: str):
     """`value` is null, a scalar, a list (single task only) or a {task: ...} mapping."""
     if value is None:
@@ -83,7 +121,7 @@ def class_weight_tensor(spec, task: TaskSpec, counts: np.ndarray, n: int, key: s
     w = np.asarray(list(spec), dtype=np.float64)
     if w.shape != (task.num_labels,):
         raise ConfigError(f"{key}: task {task.name!r} has {task.num_labels} labels but {w.size} weights were given")
-    if (w < 0).any():
+    if not np.isfinite(w).all() or (w < 0).any():
         raise ConfigError(f"{key}: weights must be >= 0 (task {task.name!r})")
     return torch.tensor(w, dtype=torch.float32)
 

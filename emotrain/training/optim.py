@@ -5,6 +5,7 @@ from __future__ import annotations
 import torch
 from torch import nn
 
+from emotrain.config import check_range
 from emotrain.errors import ConfigError
 from emotrain.models.backbones import encoder_layers
 
@@ -26,13 +27,23 @@ def _layer_id(name: str, num_layers: int) -> int:
     return num_layers + 1
 
 
-def build_optimizer(model: nn.Module, optim_cfg, extra_params: list[nn.Parameter] = (), device: torch.device | None = None) -> torch.optim.Optimizer:
+def validate_optim_config(optim_cfg) -> None:
     if optim_cfg.name != "adamw":
         raise ConfigError(f"optim.name={optim_cfg.name}: only adamw is available")
-    if optim_cfg.lr <= 0:
-        raise ConfigError(f"optim.lr={optim_cfg.lr}: must be > 0")
-    if not 0 < optim_cfg.layer_decay <= 1:
-        raise ConfigError(f"optim.layer_decay={optim_cfg.layer_decay}: must be in (0, 1]")
+    check_range("optim.lr", optim_cfg.lr, gt=0)
+    check_range("optim.head_lr", optim_cfg.head_lr, gt=0, optional=True)
+    check_range("optim.weight_decay", optim_cfg.weight_decay, ge=0)
+    check_range("optim.eps", optim_cfg.eps, gt=0)
+    check_range("optim.layer_decay", optim_cfg.layer_decay, gt=0, le=1)
+    betas = list(optim_cfg.betas)
+    if len(betas) != 2:
+        raise ConfigError(f"optim.betas={betas}: must be two numbers [beta1, beta2], e.g. [0.9, 0.999]")
+    for i, beta in enumerate(betas):
+        check_range(f"optim.betas[{i}]", beta, ge=0, lt=1)
+
+
+def build_optimizer(model: nn.Module, optim_cfg, extra_params: list[nn.Parameter] = (), device: torch.device | None = None) -> torch.optim.Optimizer:
+    validate_optim_config(optim_cfg)
     num_layers = len(encoder_layers(model.encoder))
     head_lr = optim_cfg.head_lr or optim_cfg.lr
     groups: dict[tuple, dict] = {}

@@ -11,8 +11,15 @@ from transformers import (
     get_linear_schedule_with_warmup,
 )
 
-from emotrain.config import choice
+from emotrain.config import check_range, choice
 from emotrain.errors import ConfigError
+
+
+def validate_scheduler_config(sched_cfg) -> None:
+    check_range("scheduler.warmup_ratio", sched_cfg.warmup_ratio, ge=0, lt=1)
+    check_range("scheduler.warmup_steps", sched_cfg.warmup_steps, ge=0, integer=True, optional=True)
+    if choice(sched_cfg.kind) == "cosine_restarts":
+        check_range("scheduler.num_cycles", sched_cfg.num_cycles, ge=1, integer=True)
 
 
 def warmup_steps(sched_cfg, total_steps: int) -> int:
