@@ -34,6 +34,7 @@ import numpy as np
 import torch
 
 from emotrain.config import check_range, choice
+from emotrain.console import FILE_ONLY
 from emotrain.data.types import TaskSpec
 from emotrain.errors import CheckpointError, ConfigError
 from emotrain.io import atomic_write, finite_or_none, json_safe, publish_modes, write_json
@@ -251,7 +252,7 @@ def _save(model, optimizer, scheduler, epoch, val_loss, val_metrics, hyperparame
         if error is None:  # a RuntimeError not caused by the file system: a bug, keep it
             raise
         raise error from e
-    log.info("saved checkpoint %s", path)
+    log.info("saved checkpoint %s", path, extra=FILE_ONLY)
     return path
 
 
@@ -585,7 +586,7 @@ def export_model(checkpoint_path, out_dir, tokenizer, *, thresholds: dict | None
             os.replace(p, target)
     finally:
         shutil.rmtree(staging, ignore_errors=True)
-    log.info("exported %s to %s", src, out_dir)
+    log.info("exported %s to %s", src, out_dir, extra=FILE_ONLY)
     return out_dir
 
 

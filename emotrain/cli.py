@@ -35,6 +35,7 @@ import emotrain.config  # noqa: F401  (registers the structured-config schemas)
 from emotrain import distributed as ddp
 from emotrain.callbacks import SweepJobFailed  # also registers the config resolvers
 from emotrain.config import unknown_key_message
+from emotrain.console import FILE_ONLY
 from emotrain.errors import EmotrainError, TrainingDiverged, TrainingInterrupted
 from emotrain.io import write_json
 from emotrain.rundir import claim_run_dir
@@ -199,12 +200,12 @@ def record_run(cfg: DictConfig, overrides: list[str], out_dir: Path) -> dict:
         return results
     except TrainingInterrupted as e:
         _write_status(out_dir, {"status": "interrupted", "checkpoint": str(e.checkpoint), "message": str(e), "overrides": overrides})
-        log.warning("%s", e)
+        log.warning("%s", e, extra=FILE_ONLY)
         raise
     except (EmotrainError, OSError, OmegaConfBaseException) as e:
         message = error_message(e)
         _write_status(out_dir, {"status": "diverged" if isinstance(e, TrainingDiverged) else "failed", "error": message, "overrides": overrides})
-        log.error("%s", message)
+        log.error("%s", message, extra=FILE_ONLY)  # the log file keeps it; the console gets the one stderr line
         raise
     except KeyboardInterrupt:
         _write_status(out_dir, {"status": "interrupted", "overrides": overrides})

@@ -17,6 +17,7 @@ from __future__ import annotations
 
 import contextlib
 import copy
+import functools
 import logging
 import math
 import shlex
@@ -28,9 +29,9 @@ from pathlib import Path
 import numpy as np
 import torch
 from omegaconf import DictConfig, OmegaConf
-from tqdm import tqdm
 
 from emotrain.checkpointing import validate_checkpoint_config
+from emotrain.console import FILE_ONLY, is_terminal, progress, results_table
 from emotrain.config import check_config_keys, check_range, check_seed, choice, flatten_dict
 from emotrain.data.cv import apply_cv, kfold_split, validate_cv_config
 from emotrain.data.loading import load_data, validate_data_config
@@ -55,6 +56,7 @@ from emotrain.training.losses import MultiTaskLoss, class_counts, validate_loss_
 from emotrain.training.optim import build_optimizer, validate_optim_config
 from emotrain.training.precision import MixedPrecisionTrainer, get_device, resolve_precision
 from emotrain.training.schedulers import build_scheduler, validate_scheduler_config
+from emotrain.training.metrics import evaluate_predictions, task_metrics
 from emotrain.training.thresholds import tune_thresholds
 
 log = logging.getLogger("emotrain")
@@ -113,16 +115,30 @@ def validate_config(cfg: DictConfig) -> None:
     validate_checkpoint_config(cfg.checkpoint)
 
 
-def monitor_keys(bundle: DataBundle) -> list[str]:
+def threshold_policy(trainer_cfg) -> tuple[str | None, str]:
+    """How the kept model decides multi-label labels: (metric-key suffix, description). No suffix: at 0.5, the plain keys."""
+    if trainer_cfg.threshold is not None:
+        return "fixed", f"a fixed threshold of {trainer_cfg.threshold:g} for every label"
+    if trainer_cfg.tune_thresholds:
+        return "tuned", f"per-label thresholds tuned on val to maximise each label's F1 (floor {trainer_cfg.threshold_floor:g})"
+    return None, "0.5 for every label"
+
+
+def monitor_keys(bundle: DataBundle, trainer_cfg=None) -> list[str]:
+    suffix = threshold_policy(trainer_cfg)[0] if trainer_cfg is not None else None
     keys = ["loss", "macro_f1"]
+    if suffix and any(t.multilabel for t in bundle.tasks):
+        keys.append(f"macro_f1_{suffix}")
     for task in bundle.tasks:
         acc = "subset_accuracy" if task.multilabel else "accuracy"
         keys += [f"{task.name}/{m}" for m in ("loss", "macro_f1", "micro_f1", acc)]
+        if task.multilabel and suffix:
+            keys += [f"{task.name}/{m}_{suffix}" for m in ("macro_f1", "micro_f1", acc)]
     return keys
 
 
 def check_monitor(cfg: DictConfig, bundle: DataBundle) -> None:
-    keys = monitor_keys(bundle)
+    keys = monitor_keys(bundle, cfg.trainer)
     if cfg.trainer.monitor not in keys:
         raise ConfigError(f"trainer.monitor={cfg.trainer.monitor}: unknown metric; choose one of {', '.join(keys)}")
 
@@ -152,6 +168,7 @@ class TrainState:
     global_step: int = 0  # optimiser steps taken
     best_value: float | None = None
     best_epoch: int | None = None
+    best_step: int | None = None  # the optimiser step of the best evaluation (one source of truth for "best")
     best_metrics: dict = field(default_factory=dict)
     history: list[dict] = field(default_factory=list)  # one entry per evaluation
     lr_history: list[list[float]] = field(default_factory=list)  # [step, lr of the first param group]
@@ -198,6 +215,7 @@ class TrainingRecipe:
         # Data parallel (torchrun): join the process group; only rank 0 writes (no-op in one process).
         self.dist = ddp.init_distributed()
         self.is_main = self.dist.is_main
+        self.show_progress = bool(cfg.trainer.progress) and self.is_main
         self.out_dir = Path(cfg.paths.output_dir)
         self.root_dir = Path(cfg.paths.root_dir)
         if self.is_main:
@@ -220,7 +238,7 @@ class TrainingRecipe:
         self.mp_precision = precision
         if warning:
             log.warning(warning)
-        log.info("device=%s precision=%s (requested %s)", self.device.type, precision, self.requested_precision)
+        log.info("device=%s precision=%s (requested %s)", self.device.type, precision, self.requested_precision, extra=FILE_ONLY)
 
         # data
         bundle = load_data(cfg.data, self.root_dir)
@@ -237,6 +255,7 @@ class TrainingRecipe:
             cfg.data.kind,
             ", ".join(f"{t.name}({t.num_labels}{', multi-label' if t.multilabel else ''})" for t in bundle.tasks),
             len(bundle.train), len(bundle.val), len(bundle.test) if bundle.test is not None else 0,
+            extra=FILE_ONLY,
         )
 
         # tokenizer, token ids (once), model
@@ -244,16 +263,17 @@ class TrainingRecipe:
         max_length = cfg.backbone.max_length
         token_cache = TokenCache(cfg.paths.cache_dir if cfg.trainer.token_cache else None)
         started = time.perf_counter()
+        splits = [(name, split) for name, split in (("train", bundle.train), ("val", bundle.val), ("test", bundle.test)) if split is not None]
+        bar = progress(desc="tokenising", total=sum(len(s) for _, s in splits), unit="texts", enabled=self.show_progress)
+        encode = functools.partial(encode_texts, on_chunk=bar.update)
         with ddp.main_process_first():  # data parallel: rank 0 fills the token cache, the others read it
-            encoded = {
-                name: EncodedSplit(token_cache.encode(self.tokenizer, split.texts, max_length, encode_texts), split.targets)
-                for name, split in (("train", bundle.train), ("val", bundle.val), ("test", bundle.test)) if split is not None
-            }
-        log.info("tokenised %d texts in %.2fs", sum(len(d) for d in encoded.values()), time.perf_counter() - started)
+            encoded = {name: EncodedSplit(token_cache.encode(self.tokenizer, split.texts, max_length, encode), split.targets) for name, split in splits}
+        bar.close()
+        log.info("tokenised %d texts in %.2fs", sum(len(d) for d in encoded.values()), time.perf_counter() - started, extra=FILE_ONLY)
         self.train_data, self.val_data, self.test_data = encoded["train"], encoded["val"], encoded.get("test")
         self.pad_id = self.tokenizer.pad_token_id if self.tokenizer.pad_token_id is not None else 0
         encoder = load_encoder(cfg.backbone, self.root_dir, vocab_size=len(self.tokenizer), device_type=self.device.type)
-        log.info("encoder attention: %s", encoder.config._attn_implementation)
+        log.info("encoder attention: %s", encoder.config._attn_implementation, extra=FILE_ONLY)
         validate_freeze(cfg.freeze, len(encoder_layers(encoder)))
         self.model = MultiTaskModel(encoder, bundle.tasks, pooling=choice(cfg.backbone.pooling), dropout=cfg.trainer.dropout).to(self.device)
         if cfg.trainer.fast_dropout and self.device.type == "cpu":
@@ -300,8 +320,29 @@ class TrainingRecipe:
             "model=%s params=%d batch=%d x accum %d x processes %d = effective batch %d; %d optimiser steps",
             cfg.backbone.name, self.num_parameters, cfg.trainer.batch_size, self.accum,
             self.dist.world_size, cfg.trainer.batch_size * self.accum * self.dist.world_size, self.total_steps,
+            extra=FILE_ONLY,
         )
+        self._log_banner()
         return self
+
+    def _log_banner(self) -> None:
+        """The start of the run on the console, in a few lines; the details are in emotrain.log and metrics.json."""
+        cfg, b = self.cfg, self.bundle
+        tasks = ", ".join(f"{t.name} ({t.num_labels} {'labels, multi-label' if t.multilabel else 'classes'})" for t in self.tasks)
+        sizes = f"train {len(b.train)}, val {len(b.val)}, test {len(b.test) if b.test is not None else 0}"
+        steps = f"{cfg.trainer.epochs} epochs, {self.total_steps} optimiser steps, batch {cfg.trainer.batch_size * self.accum * self.dist.world_size}"
+        lines = [
+            f"run directory: {self.out_dir}",
+            f"data: {cfg.data.kind} ({sizes}); tasks: {tasks}",
+            f"model: {cfg.backbone.name}, {self.num_parameters / 1e6:.1f}M parameters ({choice(cfg.backbone.pooling)} pooling, max_length {cfg.backbone.max_length})",
+            f"device: {self.device.type}, precision {self.mp_precision} (requested {self.requested_precision}), {torch.get_num_threads()} threads"
+            + (f", {self.dist.world_size} processes" if self.dist.world_size > 1 else ""),
+            f"training: {steps}; best epoch by val {self.monitor} ({self.mode}); seed {cfg.seed}",
+        ]
+        if self.resumed_from:
+            lines.append(f"resumed from: {self.resumed_from} (epoch {self.state.epoch}, step {self.state.global_step})")
+        for line in lines:
+            log.info("%s", line)
 
     def _cached_features(self, encoded: dict) -> dict:
         """Pooled outputs of the frozen encoder for every split, computed once (and cached on disk)."""
@@ -319,14 +360,14 @@ class TrainingRecipe:
                 subset = EncodedSplit([data.input_ids[i] for i in indices], {})
                 loader = make_loader(subset, self.pad_id, cfg.trainer.eval_batch_size, shuffle=False, group_by_length=True, seed=0)
                 feats = np.zeros((len(indices), self.model.encoder.config.hidden_size), dtype=np.float32)
-                for batch in tqdm(loader, desc=f"encoding {name}", leave=False, disable=not cfg.trainer.progress):
+                for batch in progress(loader, desc=f"encoding {name} (frozen encoder)", unit="batches", enabled=self.show_progress):
                     with mp.autocast():
                         pooled = self.model.encode(batch["input_ids"].to(self.device), batch["attention_mask"].to(self.device))
                     feats[batch["indices"].numpy()] = pooled.float().cpu().numpy()
                 return feats
 
             out[name], computed = cache.lookup(texts, compute)
-            log.info("frozen-encoder features for %s: %d from cache, %d computed", name, len(texts) - computed, computed)
+            log.info("frozen-encoder features for %s: %d from cache, %d computed", name, len(texts) - computed, computed, extra=FILE_ONLY)
         self.model.train()
         return out
 
@@ -354,14 +395,17 @@ class TrainingRecipe:
         if best is not None and best != ckpt_path:
             self.best_weights = load_checkpoint(best)["model"]
         self.resumed_from = str(ckpt_path)
-        log.info("resumed from %s (epoch %d, step %d)", ckpt_path, self.state.epoch, self.state.global_step)
+        log.info("resumed from %s (epoch %d, step %d)", ckpt_path, self.state.epoch, self.state.global_step, extra=FILE_ONLY)
 
     # ------------------------------------------------------------------ train
     def evaluate(self, data, thresholds=None):
-        features = None
-        if self.features is not None:
-            features = next(self.features[name] for name, d in (("train", self.train_data), ("val", self.val_data), ("test", self.test_data)) if d is data)
-        return evaluate(self.model, self.criterion, data, self.tasks, pad_token_id=self.pad_id, batch_size=self.cfg.trainer.eval_batch_size, device=self.device, mp=self.mp, thresholds=thresholds, features=features, rank=self.dist.rank, world_size=self.dist.world_size)
+        name = next(name for name, d in (("train", self.train_data), ("val", self.val_data), ("test", self.test_data)) if d is data)
+        features = self.features[name] if self.features is not None else None
+        return evaluate(
+            self.model, self.criterion, data, self.tasks, pad_token_id=self.pad_id, batch_size=self.cfg.trainer.eval_batch_size,
+            device=self.device, mp=self.mp, thresholds=thresholds, features=features, rank=self.dist.rank, world_size=self.dist.world_size,
+            progress_desc=f"evaluating {'validation' if name == 'val' else name} split" if self.show_progress else None,
+        )
 
     def train(self) -> "TrainingRecipe":
         with stop_on_sigint(self):
@@ -374,14 +418,14 @@ class TrainingRecipe:
         # Data parallel: the forward runs through DDP(model) (`train_model`); everything else uses the bare model.
         world, sampler = self.dist.world_size, self.train_loader.batch_sampler
         train_model, ddp_key = model, None
-        progress = cfg.trainer.progress and self.is_main
-        epochs_bar = tqdm(range(state.epoch, cfg.trainer.epochs), desc="epochs", disable=not progress, dynamic_ncols=True)
+        epochs_bar = progress(range(state.epoch, cfg.trainer.epochs), desc="epochs", total=cfg.trainer.epochs, initial=state.epoch, unit="epochs",
+                              enabled=self.show_progress and is_terminal())  # off a terminal the per-epoch log line says it
         stop = state.stopped_early or bool(cfg.trainer.max_steps and state.global_step >= cfg.trainer.max_steps)
         for epoch in epochs_bar:
             if stop:
                 break
             self.trainable = apply_freeze(model, cfg.freeze, epoch)
-            log.info("epoch %d: %d trainable parameters", epoch + 1, self.trainable)
+            log.info("epoch %d: %d trainable parameters", epoch + 1, self.trainable, extra=FILE_ONLY)
             if world > 1 and ddp_key != (key := tuple(p.requires_grad for p in model.parameters())):
                 # DDP reduces the gradients of the parameters trainable when it is built: rebuild on a change.
                 ddp_key, train_model = key, ddp.wrap_model(model, self.dist)
@@ -399,7 +443,8 @@ class TrainingRecipe:
                 if done == 0:  # per-rank dropout streams, reproducible per epoch (so a resume at an epoch end is exact)
                     torch.manual_seed(int(np.random.SeedSequence([cfg.seed, epoch, self.dist.rank]).generate_state(1)[0]))
             epoch_started = time.perf_counter()
-            batches = tqdm(self.train_loader, desc=f"epoch {epoch + 1}", leave=False, disable=not progress, dynamic_ncols=True, initial=done, total=len(self.train_loader))
+            batches = progress(self.train_loader, desc=f"epoch {epoch + 1}/{cfg.trainer.epochs}", initial=done, total=len(self.train_loader),
+                               unit="batches", enabled=self.show_progress)
             for i, batch in enumerate(batches, start=done):
                 ids = batch["input_ids"].to(device, non_blocking=True)
                 mask = batch["attention_mask"].to(device, non_blocking=True)
@@ -439,7 +484,7 @@ class TrainingRecipe:
                     state.lr_history.append([state.global_step, scheduler.get_last_lr()[0]])
                     if state.global_step % cfg.trainer.log_every_steps == 0:
                         total, count = self._global_loss(loss_sum, seen)
-                        log.info("step %d: lr=%.3e running train_loss=%.4f", state.global_step, scheduler.get_last_lr()[0], total / max(count, 1))
+                        log.info("step %d: lr=%.3e running train_loss=%.4f", state.global_step, scheduler.get_last_lr()[0], total / max(count, 1), extra=FILE_ONLY)
                     if cfg.trainer.eval_every_steps and state.global_step % cfg.trainer.eval_every_steps == 0:
                         total, count = self._global_loss(loss_sum, seen)
                         stop = self._evaluate_and_checkpoint(total / max(count, 1), epoch_done=False)
@@ -528,7 +573,8 @@ class TrainingRecipe:
             # eval_every_steps just evaluated this exact step: reuse it, mark the epoch end.
             state.history[-1].update(train_loss=train_loss, epoch=state.epoch, epoch_done=True)
             return False
-        metrics, _, _ = self.evaluate(self.val_data)
+        metrics, _, probs = self.evaluate(self.val_data)
+        metrics.update(self.decision_metrics(probs, metrics))
         state.history.append({
             "epoch": state.epoch,
             "epoch_done": epoch_done,
@@ -541,13 +587,17 @@ class TrainingRecipe:
         })
         value = metrics[self.monitor]
         if is_better(value, state.best_value, self.mode):
-            state.best_value, state.best_epoch, state.best_metrics = value, state.epoch, metrics
+            state.best_value, state.best_epoch, state.best_step, state.best_metrics = value, state.epoch, state.global_step, metrics
             self.best_weights = copy.deepcopy(self.model.state_dict())
         stop = self.stopper.step(value)
         self.tracker.log_metrics({"train_loss": train_loss, **{f"val/{k}": v for k, v in metrics.items()}, **{f"task_weight/{k}": v for k, v in self.criterion.task_weights().items()}}, step=state.global_step)
+        suffix = threshold_policy(self.cfg.trainer)[0]
+        decided = f", macro-F1 at {suffix} thresholds {metrics[f'macro_f1_{suffix}']:.4f}" if f"macro_f1_{suffix}" in metrics else ""
+        where = f"epoch {state.epoch}/{self.cfg.trainer.epochs}" if epoch_done else f"step {state.global_step} (epoch {state.epoch + 1})"
         log.info(
-            "epoch %d step %d: train_loss=%.4f val_loss=%.4f val_macro_f1=%.4f %s=%.4f (best %.4f @ epoch %s)",
-            state.epoch, state.global_step, train_loss, metrics["loss"], metrics["macro_f1"], self.monitor, value, state.best_value, state.best_epoch,
+            "%s: train loss %.4f | val loss %.4f, macro-F1 %.4f%s%s | %s %.4f (best %.4f @ epoch %s)",
+            where, train_loss, metrics["loss"], metrics["macro_f1"], " at 0.5" if decided else "", decided,
+            self.monitor, value, state.best_value, state.best_epoch,
         )
         if self.criterion.uncertainty:
             log.info("learned task weights: %s", ", ".join(f"{k}={v:.3f}" for k, v in self.criterion.task_weights().items()))
@@ -559,18 +609,43 @@ class TrainingRecipe:
             )
         return stop
 
+    def decision_metrics(self, probs: dict, metrics: dict) -> dict[str, float]:
+        """Validation metrics of multi-label tasks at the decisions the kept model will make (thresholds tuned on this
+        split for these weights, or fixed), besides the plain keys at 0.5: `{task}/macro_f1_tuned`, `macro_f1_tuned`, ...
+        `metrics`: the plain metrics of the same evaluation (single-label tasks enter the mean as they are)."""
+        suffix = threshold_policy(self.cfg.trainer)[0]
+        if suffix is None or not any(t.multilabel for t in self.tasks):
+            return {}
+        thresholds = self.thresholds_for(probs, self.val_data.targets)
+        out = {}
+        for t in self.tasks:
+            if t.multilabel:
+                scalars, _ = task_metrics(t, probs[t.name], self.val_data.targets[t.name], thresholds[t.name])
+                out.update({f"{t.name}/{k}_{suffix}": v for k, v in scalars.items()})
+        # The mean over tasks, as `macro_f1`, but at the decisions made: comparable to the test macro_f1.
+        f1s = [out[f"{t.name}/macro_f1_{suffix}"] if t.multilabel else metrics[f"{t.name}/macro_f1"] for t in self.tasks]
+        out[f"macro_f1_{suffix}"] = float(np.mean(f1s))
+        return out
+
+    def thresholds_for(self, probs: dict, targets: dict) -> dict[str, list[float]]:
+        """The kept model's decision thresholds for validation probabilities `probs` (see threshold_policy)."""
+        t = self.cfg.trainer
+        if t.threshold is not None:
+            return tune_thresholds(self.tasks, {}, {}, fixed=t.threshold)
+        if not t.tune_thresholds:
+            return tune_thresholds(self.tasks, {}, {}, fixed=0.5)
+        return tune_thresholds(self.tasks, probs, targets, floor=t.threshold_floor)
+
     # ------------------------------------------------------------------ save
     def decision_thresholds(self) -> dict[str, list[float]]:
         """Per-label thresholds for multi-label tasks, from the best weights' validation probabilities."""
         t = self.cfg.trainer
         if not any(task.multilabel for task in self.tasks):
             return {}
-        if t.threshold is not None:
-            return tune_thresholds(self.tasks, {}, {}, fixed=t.threshold)
-        if not t.tune_thresholds:
-            return tune_thresholds(self.tasks, {}, {}, fixed=0.5)
+        if t.threshold is not None or not t.tune_thresholds:
+            return self.thresholds_for({}, {})
         _, _, val_probs = self.evaluate(self.val_data)
-        return tune_thresholds(self.tasks, val_probs, self.val_data.targets, floor=t.threshold_floor)
+        return self.thresholds_for(val_probs, self.val_data.targets)
 
     def save(self, status: str = "completed", error: str | None = None) -> dict:
         """Test the best weights; write metrics.json, the report and the export.
@@ -590,23 +665,29 @@ class TrainingRecipe:
         confusion = {}
         if self.test_data is not None and (status == "completed" or state.history):  # no evaluation yet: nothing to test
             test["metrics"], test["per_class"], test_probs = self.evaluate(self.test_data, thresholds=thresholds)
-            if thresholds:
-                test["at_0.5"], _, _ = self.evaluate(self.test_data)
+            if thresholds:  # the same probabilities decided at 0.5: no second pass over the test split
+                losses = {t.name: test["metrics"][f"{t.name}/loss"] for t in self.tasks}
+                test["at_0.5"], _ = evaluate_predictions(self.tasks, test_probs, self.test_data.targets, losses, test["metrics"]["loss"])
             for t in self.tasks:
                 if not t.multilabel:
                     confusion[t.name] = {"labels": list(t.labels), "y_true": self.test_data.targets[t.name].tolist(), "y_pred": test_probs[t.name].argmax(-1).tolist()}
             m = test["metrics"]
             log.info(
                 "test (best epoch %s): loss=%.4f macro_f1=%.4f %s", state.best_epoch, m["loss"], m["macro_f1"],
-                " ".join(f"{t.name}/macro_f1={m[f'{t.name}/macro_f1']:.4f}" for t in self.tasks),
+                " ".join(f"{t.name}/macro_f1={m[f'{t.name}/macro_f1']:.4f}" for t in self.tasks), extra=FILE_ONLY,
             )
             if thresholds:
-                log.info("test macro_f1 at 0.5 thresholds: %s", " ".join(f"{t}={test['at_0.5'][f'{t}/macro_f1']:.4f}" for t in thresholds))
+                log.info("test macro_f1 at 0.5 thresholds: %s", " ".join(f"{t}={test['at_0.5'][f'{t}/macro_f1']:.4f}" for t in thresholds), extra=FILE_ONLY)
         results = {
             "status": status,
             **({"error": error} if error else {}),
             "objective": {"metric": self.monitor, "mode": self.mode, "split": "val", "value": state.best_value},
             "best_epoch": state.best_epoch,
+            # One source of truth for "best": the evaluation trainer.monitor chose; every report names this one.
+            "best": {"epoch": state.best_epoch, "step": state.best_step, "metric": self.monitor, "mode": self.mode, "value": state.best_value, "split": "val"},
+            # How the multi-label metrics were obtained: "test" decides as the kept model does, "test_at_0.5" at 0.5.
+            "decisions": {"policy": threshold_policy(cfg.trainer)[0] or "0.5", "description": threshold_policy(cfg.trainer)[1],
+                          "applies_to": [t.name for t in self.tasks if t.multilabel]},
             "epochs_run": state.epoch,
             "global_steps": state.global_step,
             "stopped_early": state.stopped_early,
@@ -645,12 +726,25 @@ class TrainingRecipe:
             self._write_report(results, test["per_class"], confusion)
         if self.is_main:
             write_json(self.out_dir / "metrics.json", results)
-            log.info("wrote %s (%.1fs)", self.out_dir / "metrics.json", results["wall_time_s"])
+            log.info("wrote %s (%.1fs)", self.out_dir / "metrics.json", results["wall_time_s"], extra=FILE_ONLY)
+            self._log_results(results)
         self.tracker.log_metrics({f"test/{k}": v for k, v in results["test"].items()}, step=state.global_step)
         self.tracker.log_artifacts(self.out_dir)
         if status == "completed":
             self.tracker.close()  # otherwise run() closes it as FAILED
         return results
+
+    def _log_results(self, results: dict) -> None:
+        """The answer, at the end of the console: per-task test results, how best was chosen, where the files are."""
+        best = results["best"]
+        if results["test"]:
+            log.info("test results of the best epoch (%s of %s, by val %s, %s = %.4f):", best["epoch"], results["epochs_run"], best["metric"], best["mode"], best["value"])
+            for line in results_table(results["tasks"], results["test"], results["test_at_0.5"], n_test=results["data_sizes"]["test"]):
+                log.info("  %s", line)
+            if results["decisions"]["applies_to"]:
+                log.info("  multi-label decisions: %s", results["decisions"]["description"])
+        files = [name for name in ("metrics.json", "report/report.html", "model/", "checkpoints/") if (self.out_dir / name.rstrip("/")).exists()]
+        log.info("outputs in %s: %s", self.out_dir, ", ".join(files))
 
     def _write_report(self, results: dict, per_class: dict, confusion: dict) -> None:
         from emotrain.reports import generate_training_report
@@ -666,7 +760,8 @@ class TrainingRecipe:
             self.cfg.checkpoint.prefix,
             per_class=per_class or None,
             confusion=confusion or None,
-            extra={k: results[k] for k in ("status", "error", "best_epoch", "test", "test_at_0.5", "thresholds", "precision", "device", "wall_time_s", "reproducibility", "git", "versions") if k in results},
+            best=results["best"],
+            run=results,
         )
 
 

@@ -27,6 +27,7 @@ from matplotlib.figure import Figure  # noqa: E402
 from matplotlib.ticker import MaxNLocator  # noqa: E402
 
 from emotrain.config import flatten_dict  # noqa: E402
+from emotrain.console import FILE_ONLY  # noqa: E402
 from emotrain.io import atomic_write, finite_or_none, write_json  # noqa: E402
 
 log = logging.getLogger(__name__)
@@ -34,7 +35,6 @@ log = logging.getLogger(__name__)
 __all__ = ["flatten_config", "generate_training_report"]
 
 DPI = 120
-OVERALL = "overall"
 
 
 # --------------------------------------------------------------------------- helpers
@@ -117,45 +117,71 @@ def _series(values, key=None) -> tuple[list[int], list[float]]:
     return xs, ys
 
 
-def _epoch_axis(ax, n_epochs: int) -> None:
+def _epoch_axis(ax, epochs: list[int]) -> None:
+    """Integer epoch ticks (a 1-epoch run gets one tick at 1, not 0.75-1.25)."""
     ax.set_xlabel("Epoch")
-    ax.xaxis.set_major_locator(MaxNLocator(integer=True))
-    if n_epochs >= 1:
-        ax.set_xlim(0.75, max(n_epochs, 1) + 0.25)
+    last = max(epochs) if epochs else 1
+    if last <= 20:
+        ax.set_xticks(list(range(1, last + 1)))
+    else:
+        ax.xaxis.set_major_locator(MaxNLocator(integer=True))
+    ax.set_xlim(0.5, last + 0.5)
     ax.grid(True, alpha=0.3)
 
 
-def _best(val_losses) -> tuple[int | None, float | None]:
-    """1-based epoch of the lowest finite validation loss (first one on ties) and that loss."""
+def default_best(val_losses) -> dict:
+    """Without a monitored metric: the epoch of the lowest finite validation loss (first one on ties)."""
     best_epoch, best = None, None
     for i, v in enumerate(val_losses or [], start=1):
         v = finite_or_none(v)
         if v is not None and (best is None or v < best):
             best_epoch, best = i, v
-    return best_epoch, best
+    return {"epoch": best_epoch, "metric": "loss", "mode": "min", "value": best}
 
 
-def _group_metrics(dicts_list) -> dict[str, list[str]]:
-    """{task or "overall": [metric keys]} for every non-loss key seen, in first-seen order."""
-    groups: dict[str, list[str]] = {}
-    for d in dicts_list:
-        for key in (d or {}):
+def describe_best(best: Mapping) -> str:
+    """'epoch 8 (by val emotion/accuracy, max = 0.6714)': which evaluation was kept, and why."""
+    if not best or best.get("epoch") is None:
+        return "n/a"
+    return f"epoch {best['epoch']} (by val {best.get('metric', 'loss')}, {best.get('mode', 'min')} = {_fmt(best.get('value'))})"
+
+
+# Per-task series of the validation curves: (metric key suffix, legend label, line style, marker).
+_MULTILABEL_SERIES = (
+    ("macro_f1", "macro-F1 at 0.5", "-", "o"),
+    ("macro_f1_tuned", "macro-F1 at thresholds tuned per epoch", "--", "s"),
+    ("macro_f1_fixed", "macro-F1 at the fixed threshold", "--", "s"),
+    ("micro_f1", "micro-F1 at 0.5", ":", "^"),
+    ("micro_f1_tuned", "micro-F1 at tuned thresholds", "-.", "v"),
+    ("micro_f1_fixed", "micro-F1 at the fixed threshold", "-.", "v"),
+    ("subset_accuracy", "subset accuracy at 0.5", (0, (1, 3)), "d"),
+)
+# Single-label tasks: micro-F1 equals accuracy, so only accuracy is drawn.
+_SINGLE_LABEL_SERIES = (("macro_f1", "macro-F1", "-", "o"), ("accuracy", "accuracy (= micro-F1)", "--", "s"))
+
+
+def _task_groups(val_metrics) -> dict[str, bool]:
+    """{task: multi-label?} in first-seen order (multi-label tasks report subset_accuracy)."""
+    tasks: dict[str, bool] = {}
+    for d in val_metrics:
+        for key in d or {}:
             task, _, metric = key.rpartition("/")
-            if key == "loss" or key.endswith("/loss"):
-                continue
-            group = groups.setdefault(task or OVERALL, [])
-            if key not in group:
-                group.append(key)
-    if OVERALL in groups:  # overall last
-        groups[OVERALL] = groups.pop(OVERALL)
-    return groups
+            if task:
+                tasks[task] = tasks.get(task, False) or metric.startswith("subset_accuracy")
+    return tasks
 
 
 # --------------------------------------------------------------------------- figures
 
 
-def plot_loss_curves(train_losses, val_losses, val_metrics, path: Path, title: str) -> Path:
+def plot_loss_curves(train_losses, val_losses, val_metrics, path: Path, title: str, best: Mapping | None = None) -> Path:
+    return _save_figure(loss_curves_figure(train_losses, val_losses, val_metrics, title, best), path)
+
+
+def loss_curves_figure(train_losses, val_losses, val_metrics, title: str, best: Mapping | None = None) -> Figure:
+    """Train and validation loss per epoch; the star marks the kept (best) epoch and says which metric chose it."""
     n = max(len(train_losses or []), len(val_losses or []), 1)
+    best = best or default_best(val_losses)
     fig = Figure(figsize=(8, 5), layout="constrained")
     ax = fig.add_subplot()
     xs, ys = _series(train_losses)
@@ -173,57 +199,82 @@ def plot_loss_curves(train_losses, val_losses, val_metrics, path: Path, title: s
         xs, ys = _series(val_metrics, k)
         if xs:
             ax.plot(xs, ys, ":", marker=".", lw=1.2, alpha=0.8, label=f"validation {k}")
-    best_epoch, best = _best(val_losses)
-    if best_epoch is not None:
-        ax.axvline(best_epoch, color="grey", ls="--", lw=1)
-        ax.plot([best_epoch], [best], "*", color="tab:red", ms=14, label=f"best: epoch {best_epoch} ({best:.4f})", zorder=5)
+    epoch = best.get("epoch")
+    if epoch is not None and 1 <= epoch <= len(val_losses or []) and finite_or_none(val_losses[epoch - 1]) is not None:
+        ax.axvline(epoch, color="grey", ls="--", lw=1)
+        ax.plot([epoch], [val_losses[epoch - 1]], "*", color="tab:red", ms=14, zorder=5, label=f"kept: {describe_best(best)}")
     if not ax.lines:
         ax.text(0.5, 0.5, "no losses recorded", ha="center", va="center", transform=ax.transAxes)
     ax.set_title(title)
     ax.set_ylabel("Loss")
-    _epoch_axis(ax, n)
+    _epoch_axis(ax, list(range(1, n + 1)))
     if ax.get_legend_handles_labels()[0]:
         ax.legend(loc="best", fontsize=9)
-    return _save_figure(fig, path)
+    return fig
 
 
-def plot_metric_curves(train_metrics, val_metrics, path: Path, title: str) -> Path:
-    train_metrics = list(train_metrics or [])
+def _draw_series(ax, data, key: str, label: str, style, marker: str, color) -> list[float]:
+    xs, ys = _series(data, key)
+    if xs:
+        ax.plot(xs, ys, linestyle=style, marker=marker, color=color, lw=1.6, ms=5, label=label)
+    return ys
+
+
+def plot_metric_curves(train_metrics, val_metrics, path: Path, title: str, best: Mapping | None = None) -> Path:
+    return _save_figure(metric_curves_figure(train_metrics, val_metrics, title, best), path)
+
+
+def metric_curves_figure(train_metrics, val_metrics, title: str, best: Mapping | None = None) -> Figure:
+    """One panel per task (validation split; multi-label tasks at 0.5 and at the kept model's thresholds), and one
+    with every task's macro-F1 and their mean. Training curves are drawn only when training metrics are given."""
+    train_metrics = [d for d in (train_metrics or [])]
     val_metrics = list(val_metrics or [])
     n = max(len(train_metrics), len(val_metrics), 1)
-    groups = _group_metrics(val_metrics + train_metrics)
-    ncols = min(2, max(len(groups), 1))
-    nrows = max(1, math.ceil(len(groups) / ncols))
-    fig = Figure(figsize=(6.5 * ncols, 4.2 * nrows), layout="constrained")
+    tasks = _task_groups(val_metrics)
+    panels = list(tasks) + (["macro-F1 by task"] if tasks else [])
+    ncols = min(2, max(len(panels), 1))
+    nrows = max(1, math.ceil(len(panels) / ncols))
+    fig = Figure(figsize=(6.5 * ncols, 4.4 * nrows), layout="constrained")
     fig.suptitle(title, fontsize=13)
-    if not groups:
+    if not panels:
         ax = fig.add_subplot()
         ax.text(0.5, 0.5, "no metrics recorded", ha="center", va="center", transform=ax.transAxes)
         ax.set_axis_off()
-        return _save_figure(fig, path)
+        return fig
     axes = fig.subplots(nrows, ncols, squeeze=False).ravel()
     colors = matplotlib.rcParams["axes.prop_cycle"].by_key()["color"]
-    for ax, (group, keys) in zip(axes, groups.items()):
-        lo, hi = math.inf, -math.inf
-        for i, key in enumerate(keys):
-            color = colors[i % len(colors)]
-            name = key.rpartition("/")[2]
-            for data, style, label in ((val_metrics, "o-", f"val {name}"), (train_metrics, "x--", f"train {name}")):
-                xs, ys = _series(data, key)
-                if xs:
-                    ax.plot(xs, ys, style, color=color, lw=1.8 if style == "o-" else 1.2, label=label)
-                    lo, hi = min(lo, *ys), max(hi, *ys)
-        ax.set_title(f"{group}" if group == OVERALL else f"task: {group}")
+    has_train = any(d for d in train_metrics)
+    epoch = (best or {}).get("epoch")
+    for ax, panel in zip(axes, panels):
+        values: list[float] = []
+        if panel in tasks:
+            multilabel = tasks[panel]
+            for i, (metric, label, style, marker) in enumerate(_MULTILABEL_SERIES if multilabel else _SINGLE_LABEL_SERIES):
+                values += _draw_series(ax, val_metrics, f"{panel}/{metric}", label, style, marker, colors[i % len(colors)])
+                if has_train:
+                    values += _draw_series(ax, train_metrics, f"{panel}/{metric}", f"train {label}", (0, (2, 2)), "x", colors[i % len(colors)])
+            kind = "multi-label" if multilabel else "single-label"
+            ax.set_title(f"task {panel} ({kind}), validation split")
+        else:
+            for i, task in enumerate(tasks):
+                suffix = next((s for s in ("_tuned", "_fixed") if any(f"{task}/macro_f1{s}" in d for d in val_metrics)), "")
+                how = {"_tuned": " (tuned thresholds)", "_fixed": " (fixed threshold)"}.get(suffix, "")
+                values += _draw_series(ax, val_metrics, f"{task}/macro_f1{suffix}", f"{task}{how}", "-", "o", colors[i % len(colors)])
+            mean_key = next((k for k in ("macro_f1_tuned", "macro_f1_fixed") if any(k in d for d in val_metrics)), "macro_f1")
+            values += _draw_series(ax, val_metrics, mean_key, "mean over tasks", "--", "s", "black")
+            ax.set_title("macro-F1 of every task, validation split")
+        if epoch is not None:
+            ax.axvline(epoch, color="grey", ls="--", lw=1, label=f"kept: epoch {epoch}")
         ax.set_ylabel("Score")
-        if 0.0 <= lo and hi <= 1.0:
+        if values and 0.0 <= min(values) and max(values) <= 1.0:
             ax.set_ylim(-0.02, 1.02)
-        _epoch_axis(ax, n)
+        _epoch_axis(ax, list(range(1, n + 1)))
         handles = ax.get_legend_handles_labels()[0]
         if handles:  # below the plot: never hides a curve
-            ax.legend(loc="upper center", bbox_to_anchor=(0.5, -0.16), ncol=min(len(handles), 3), fontsize=8, frameon=False)
-    for ax in axes[len(groups):]:
+            ax.legend(loc="upper center", bbox_to_anchor=(0.5, -0.16), ncol=2, fontsize=8, frameon=False)
+    for ax in axes[len(panels):]:
         ax.set_axis_off()
-    return _save_figure(fig, path)
+    return fig
 
 
 def plot_per_class_f1(task: str, table: Mapping, path: Path, title: str) -> Path:
@@ -298,38 +349,116 @@ def plot_confusion(task: str, labels: list[str], counts: np.ndarray, path: Path,
 # --------------------------------------------------------------------------- summary
 
 
-def format_summary(hyperparameters, train_losses, val_losses, final_metrics, extra=None) -> str:
-    flat = flatten_config(hyperparameters)
-    best_epoch, best = _best(val_losses)
+def _test_table(run: Mapping) -> list[str]:
+    from emotrain.console import results_table
+
+    return results_table(run.get("tasks") or [], run.get("test") or {}, run.get("test_at_0.5") or {}, n_test=(run.get("data_sizes") or {}).get("test", 0))
+
+
+def _threshold_lines(run: Mapping) -> list[str]:
+    thresholds = run.get("thresholds") or {}
+    labels = {t["name"]: t["labels"] for t in run.get("tasks") or []}
+    lines = []
+    for task, values in thresholds.items():
+        pairs = ", ".join(f"{label} {v:.2f}" for label, v in zip(labels.get(task, []), values))
+        lines.append(f"  {task}: {pairs}")
+    return lines
+
+
+def _history_lines(history, monitor: str) -> list[str]:
+    lines = [f"  {'epoch':>5} {'step':>7} {'train loss':>11} {'val loss':>9} {monitor:>{max(len(monitor), 8)}}"]
+    for h in history:
+        if not h.get("epoch_done", True):
+            continue
+        val = h.get("val") or {}
+        lines.append(f"  {h.get('epoch', ''):>5} {h.get('step', ''):>7} {_fmt(h.get('train_loss')):>11} {_fmt(val.get('loss')):>9} "
+                     f"{_fmt(val.get(monitor)):>{max(len(monitor), 8)}}")
+    return lines
+
+
+def format_summary(hyperparameters, train_losses, val_losses, val_metrics, extra=None, *, best=None, run=None) -> str:
+    """summary.txt: the answer first (test results per task, the kept epoch and why, thresholds, where the files
+    are), then the training, then the configuration; every fact once."""
+    best = best or default_best(val_losses)
     n = max(len(train_losses or []), len(val_losses or []))
-    lines = ["TRAINING SUMMARY", "================", "Hyperparameters:"]
-    lines += [f"  {k}: {_hp(v)}" for k, v in flat.items()] or ["  (none)"]
-    lines += [
-        "",
-        "Training:",
-        f"  Total epochs: {n}",
-        f"  Final training loss: {_fmt(train_losses[-1] if train_losses else None)}",
-        f"  Final validation loss: {_fmt(val_losses[-1] if val_losses else None)}",
-        f"  Best validation loss: {_fmt(best)}",
-        f"  Best epoch: {best_epoch if best_epoch is not None else 'n/a'}",
-        "",
-        "Final validation metrics:",
-    ]
-    lines += [f"  {k}: {_fmt(v)}" for k, v in (final_metrics or {}).items()] or ["  (none)"]
-    scalars = {k: v for k, v in flatten_config(extra).items() if isinstance(v, (int, float, str, bool)) or v is None} if extra else {}
-    if scalars:
-        lines += ["", "Extra:"] + [f"  {k}: {_fmt(v) if isinstance(v, float) else _hp(v)}" for k, v in scalars.items()]
+    lines = ["EMOTRAIN RUN SUMMARY", "===================="]
+    if run:
+        lines.append(f"Status: {run.get('status', 'n/a')}" + (f" ({run['error']})" if run.get("error") else ""))
+    lines.append(f"Kept model: {describe_best(best)}, of {n} epoch{'s' if n != 1 else ''}")
+    if run and run.get("test"):
+        lines += ["", "Test results (model of the kept epoch):"] + [f"  {line}" for line in _test_table(run)]
+        decisions = run.get("decisions") or {}
+        if decisions.get("applies_to"):
+            lines.append(f"  multi-label tasks ({', '.join(decisions['applies_to'])}) decide with {decisions['description']};")
+            lines.append("  macro-F1@0.5: the same model with every label at 0.5")
+        if run.get("thresholds"):
+            lines += ["", "Decision thresholds per label:"] + _threshold_lines(run)
+    elif run:
+        lines += ["", "Test results: none (no test split, or training stopped before an evaluation)"]
+    at_best = val_metrics_at(best["epoch"], val_metrics, run) if best.get("epoch") is not None else {}
+    if at_best:
+        lines += ["", f"Validation at the kept epoch ({', '.join(f'{k} {_fmt(v)}' for k, v in at_best.items() if '/' not in k)}):"]
+        lines += [f"  {k}: {_fmt(v)}" for k, v in at_best.items() if "/" in k]
+    lines += ["", "Per epoch:"]
+    if run and run.get("history"):
+        lines += _history_lines(run["history"], best.get("metric", "loss"))
+    else:
+        lines.append(f"  {'epoch':>5} {'train loss':>11} {'val loss':>9}")
+        for i in range(n):
+            tl = train_losses[i] if i < len(train_losses or []) else None
+            vl = val_losses[i] if i < len(val_losses or []) else None
+            lines.append(f"  {i + 1:>5} {_fmt(tl):>11} {_fmt(vl):>9}")
+    if run:
+        precision = run.get("precision") or {}
+        lines += [
+            "",
+            "Training:",
+            f"  {run.get('epochs_run')} epochs, {run.get('global_steps')} optimiser steps, {run.get('train_samples_per_s')} samples/s, "
+            f"{run.get('wall_time_s')} s wall",
+            f"  device {run.get('device')}, precision {precision.get('effective')} (requested {precision.get('requested')}), "
+            f"seed {run.get('seed')}, deterministic {run.get('deterministic')}",
+            f"  data: train {(run.get('data_sizes') or {}).get('train')}, val {(run.get('data_sizes') or {}).get('val')}, "
+            f"test {(run.get('data_sizes') or {}).get('test')}",
+        ]
+        if run.get("resumed_from"):
+            lines.append(f"  resumed from {run['resumed_from']}")
+        lines += ["", "Files (in the run directory):",
+                  "  metrics.json (every number, with history), checkpoints/, model/, emotrain.log,",
+                  "  report/report.html (this summary with the plots), report/*.png, report/report.json"]
+    elif extra:
+        scalars = {k: v for k, v in flatten_config(extra).items() if isinstance(v, (int, float, str, bool)) or v is None}
+        if scalars:
+            lines += ["", "Extra:"] + [f"  {k}: {_fmt(v) if isinstance(v, float) else _hp(v)}" for k, v in scalars.items()]
+    lines += ["", "Configuration:"]
+    lines += [f"  {k}: {_hp(v)}" for k, v in flatten_config(hyperparameters).items()] or ["  (none)"]
+    if run:
+        versions = run.get("versions") or {}
+        git = run.get("git") or {}
+        lines += ["", "Versions: " + ", ".join(f"{k} {v}" for k, v in versions.items() if v is not None and k != "platform"),
+                  f"Git: {git.get('commit') or 'n/a'}{' (uncommitted changes)' if git.get('dirty') else ''}; platform {versions.get('platform')}"]
     return "\n".join(lines) + "\n"
+
+
+def val_metrics_at(epoch: int, val_metrics, run) -> dict:
+    """The validation metrics of the kept epoch: the run's best_val, else the epoch's entry of `val_metrics`."""
+    if run:
+        return dict(run.get("best_val") or {})
+    val_metrics = list(val_metrics or [])
+    return dict(val_metrics[epoch - 1] or {}) if 1 <= epoch <= len(val_metrics) else {}
 
 
 # --------------------------------------------------------------------------- entry point
 
 
-def generate_training_report(train_losses, val_losses, train_metrics, val_metrics, hyperparameters, output_dir, prefix="emotrain", *, per_class=None, confusion=None, extra=None) -> dict[str, Path]:
-    """Write loss_curves.png, metrics_curves.png, report.json, summary.txt (and per-class / confusion figures) into `output_dir`.
+def generate_training_report(train_losses, val_losses, train_metrics, val_metrics, hyperparameters, output_dir, prefix="emotrain", *,
+                             per_class=None, confusion=None, extra=None, best=None, run=None) -> dict[str, Path]:
+    """Write loss_curves.png, metrics_curves.png, report.json, summary.txt, report.html (and per-class / confusion
+    figures) into `output_dir`.
 
     Lists are per epoch (epoch 1 first); metrics dicts use flat keys ("loss", "macro_f1", "emotion/macro_f1", ...).
     per_class: {task: {label: {precision, recall, f1, support}}}; confusion: {task: {"labels", "y_true", "y_pred"}}.
+    best: {"epoch", "metric", "mode", "value"}: the kept epoch and what chose it (default: the lowest val loss);
+    every output names this one. run: the run's metrics.json dict, for the summary's answer-first layout and the HTML.
     Returns {file stem: path}.
     """
     out = Path(output_dir)
@@ -338,14 +467,16 @@ def generate_training_report(train_losses, val_losses, train_metrics, val_metric
     val_losses = list(val_losses or [])
     train_metrics = [dict(d or {}) for d in (train_metrics or [])]
     val_metrics = [dict(d or {}) for d in (val_metrics or [])]
+    best = dict(best) if best else default_best(val_losses)
     files: dict[str, Path] = {}
 
-    files["loss_curves"] = plot_loss_curves(train_losses, val_losses, val_metrics, out / "loss_curves.png", f"{prefix}: training and validation loss")
-    files["metrics_curves"] = plot_metric_curves(train_metrics, val_metrics, out / "metrics_curves.png", f"{prefix}: metrics per epoch (solid: validation, dashed: training)")
+    files["loss_curves"] = plot_loss_curves(train_losses, val_losses, val_metrics, out / "loss_curves.png", f"{prefix}: loss per epoch (train and validation splits)", best)
+    split = "train and validation splits" if any(train_metrics) else "validation split"
+    files["metrics_curves"] = plot_metric_curves(train_metrics, val_metrics, out / "metrics_curves.png", f"{prefix}: metrics per epoch ({split})", best)
 
     for task, table in (per_class or {}).items():
         if table:
-            files[f"per_class_f1_{task}"] = plot_per_class_f1(task, table, out / f"per_class_f1_{task}.png", f"{prefix}: per-class F1 - {task}")
+            files[f"per_class_f1_{task}"] = plot_per_class_f1(task, table, out / f"per_class_f1_{task}.png", f"{prefix}: per-class F1 - {task} (test split, kept model)")
     confusion_json = {}
     for task, spec in (confusion or {}).items():
         try:
@@ -354,19 +485,21 @@ def generate_training_report(train_losses, val_losses, train_metrics, val_metric
             log.warning("no confusion matrix for task %s: %s", task, e)
             continue
         confusion_json[task] = {"labels": labels, "matrix": counts.tolist(), "rows": "true", "columns": "predicted"}
-        files[f"confusion_matrix_{task}"] = plot_confusion(task, labels, counts, out / f"confusion_matrix_{task}.png", f"{prefix}: confusion matrix - {task} (row-normalised)")
+        files[f"confusion_matrix_{task}"] = plot_confusion(task, labels, counts, out / f"confusion_matrix_{task}.png", f"{prefix}: confusion matrix - {task} (test split, row-normalised)")
 
-    best_epoch, best = _best(val_losses)
     final_metrics = val_metrics[-1] if val_metrics else {}
-    summary = format_summary(hyperparameters, train_losses, val_losses, final_metrics, extra)
+    epoch = best.get("epoch")
+    summary = format_summary(hyperparameters, train_losses, val_losses, val_metrics, extra, best=best, run=run)
     files["summary"] = atomic_write(out / "summary.txt", lambda fh: fh.write(summary))
     files["report"] = out / "report.json"
+    files["html"] = out / "report.html"
     report = {
         "prefix": prefix,
         "generated_at": _dt.datetime.now().astimezone().isoformat(timespec="seconds"),
         "epochs": max(len(train_losses), len(val_losses)),
-        "best_epoch": best_epoch,
-        "best_val_loss": best,
+        "best": best,  # the kept epoch and the metric / mode that chose it (the same as metrics.json's)
+        "best_epoch": epoch,
+        "val_loss_at_best_epoch": val_losses[epoch - 1] if epoch is not None and 1 <= epoch <= len(val_losses) else None,
         "final_train_loss": train_losses[-1] if train_losses else None,
         "final_val_loss": val_losses[-1] if val_losses else None,
         "train_losses": train_losses,
@@ -380,6 +513,11 @@ def generate_training_report(train_losses, val_losses, train_metrics, val_metric
         "extra": extra or {},
         "files": {k: p.name for k, p in files.items()},
     }
-    write_json(files["report"], _plain(report))
-    log.info("wrote training report to %s", out)
+    report = _plain(report)
+    from emotrain.reports_html import run_report_html
+
+    page = run_report_html(report, summary, out, run=_plain(run) if run else None)
+    atomic_write(files["html"], lambda fh: fh.write(page))
+    write_json(files["report"], report)
+    log.info("wrote training report to %s", out, extra=FILE_ONLY)
     return files

@@ -13,6 +13,8 @@ from pathlib import Path
 import numpy as np
 import torch
 
+from emotrain.console import FILE_ONLY
+
 log = logging.getLogger(__name__)
 
 
@@ -155,7 +157,7 @@ def print_reproducibility_info(seed: int | None = None, deterministic: bool | No
     lines += [f"  {k}: {v}" for k, v in info["versions"].items() if v is not None]
     lines += [f"  limit: {x}" for x in info["known_limits"]]
     if file is None:
-        log.info("\n".join(lines))
+        log.info("\n".join(lines), extra=FILE_ONLY)  # the run's log and metrics.json keep it; the console stays short
     else:
         print("\n".join(lines), file=file)
     return info

@@ -10,12 +10,16 @@ know which jobs were asked for).
 - A k-fold sweep (every job cv=kfold and nothing but cv.fold varies) prints
   ``K-FOLD CROSS-VALIDATION RESULTS``: per fold the best and final validation loss and the
   test loss; the mean best / mean final validation loss +- std, min, max and the best
-  fold; the same for each --metric; and writes kfold_results_<YYYYMMDD_HHMMSS>.json and
-  .csv into SWEEP_DIR.
+  fold; the same for each --metric.
 - Any other multirun (a grid, with or without folds, an Optuna study) groups the jobs by
   their overrides minus cv.fold (and minus --aggregate keys), and prints a table ranked
   best first: per group n, mean, std and a 95% confidence interval (t distribution) of the
-  first --metric; writes sweep_results_<YYYYMMDD_HHMMSS>.json and .csv into SWEEP_DIR.
+  first --metric.
+
+Either way it writes summary.json, summary.csv, summary.png (per-fold bars with the mean +- std,
+or the ranked groups with their confidence intervals) and summary.html (one self-contained
+page) into SWEEP_DIR, replacing the previous ones atomically; --keep-history also keeps
+timestamped copies (kfold_results_<YYYYMMDD_HHMMSS>.json/.csv, sweep_results_...).
 
 "best" is the best value of a metric over a job's validation evaluations (min for
 losses, max otherwise; --mode overrides); "final" the last evaluation's; "test" the test
@@ -582,14 +586,79 @@ def _sweep_summary(sweep_dir: Path, jobs: list[Job], groups: dict, metrics, mode
     return Summary(kind="sweep", text="\n".join(lines), data=json_safe(data), complete=complete, table=table)
 
 
-def write_summary(summary: Summary, sweep_dir: str | Path) -> list[Path]:
-    """Write <prefix>_<YYYYMMDD_HHMMSS>.json and .csv into the sweep dir (atomically); returns their paths."""
+SUMMARY_FILES = ("summary.json", "summary.csv", "summary.png", "summary.html")
+
+
+def plot_summary(summary: Summary, path: Path) -> Path:
+    """k-fold: the best validation value per fold with the mean and a +- std band; a sweep: the groups ranked,
+    best on top, each with its 95% confidence interval."""
+    from matplotlib.figure import Figure
+
+    from emotrain.reports import _save_figure
+
+    data = summary.data
+    if summary.kind == "kfold":
+        metric = next((m for m in data["metrics"] if m != "loss"), "loss")
+        mode = data["summary"][metric]["mode"]
+        folds = [f for f in data["folds"] if f["status"] == "completed" and _finite(f.get(f"best_val_{metric}")) is not None]
+        fig = Figure(figsize=(max(6.0, 0.9 * len(folds) + 3), 4.6), layout="constrained")
+        ax = fig.add_subplot()
+        xs = [str(f["fold"]) for f in folds]
+        ax.bar(xs, [f[f"best_val_{metric}"] for f in folds], color="tab:blue", alpha=0.85, label=f"best validation {metric}")
+        tests = [(x, f.get(f"test_{metric}")) for x, f in zip(xs, folds) if _finite(f.get(f"test_{metric}")) is not None]
+        if tests:
+            ax.plot([x for x, _ in tests], [v for _, v in tests], "D", color="tab:orange", label=f"test {metric}")
+        stats = data["summary"][metric]["best_val"]
+        if _finite(stats.get("mean")) is not None:
+            std = _finite(stats.get("std")) or 0.0
+            ax.axhline(stats["mean"], color="black", ls="--", lw=1.2, label=f"mean {stats['mean']:.4f} +- {std:.4f} (std)")
+            ax.axhspan(stats["mean"] - std, stats["mean"] + std, color="grey", alpha=0.15)
+        ax.set_xlabel("fold")
+        ax.set_ylabel(metric)
+        ax.set_title(f"{len(folds)}-fold cross-validation: best validation {metric} per fold ({'lower' if mode == 'min' else 'higher'} is better)")
+        ax.legend(loc="lower right", fontsize=8)
+        ax.grid(True, axis="y", alpha=0.3)
+    else:
+        groups = [g for g in data["groups"] if _finite(g.get("mean")) is not None]
+        labels = [", ".join(f"{k}={_short(str(g['overrides'].get(k, '-')))}" for k in data["varying"]) or "(all jobs)" for g in groups]
+        fig = Figure(figsize=(9, max(3.0, 0.45 * len(groups) + 1.8)), layout="constrained")
+        ax = fig.add_subplot()
+        ys = list(range(len(groups)))[::-1]  # rank 1 on top
+        means = [g["mean"] for g in groups]
+        low = [g["mean"] - g["ci95_low"] if _finite(g.get("ci95_low")) is not None else 0.0 for g in groups]
+        high = [g["ci95_high"] - g["mean"] if _finite(g.get("ci95_high")) is not None else 0.0 for g in groups]
+        ax.barh(ys, means, xerr=[low, high], color="tab:blue", alpha=0.85, capsize=4, ecolor="black")
+        ax.set_yticks(ys, [f"#{g['rank']}  {label}  (n={g['n']})" for g, label in zip(groups, labels)], fontsize=8)
+        ax.set_xlabel(f"mean best validation {data['metric']} (error bars: 95% t interval)")
+        ax.set_title(f"sweep ranked by {data['metric']} ({'lower' if data['mode'] == 'min' else 'higher'} is better)")
+        ax.grid(True, axis="x", alpha=0.3)
+    return _save_figure(fig, path)
+
+
+def write_summary(summary: Summary, sweep_dir: str | Path, keep_history: bool = False) -> list[Path]:
+    """Write summary.json, summary.csv, summary.png and summary.html into the sweep dir, each replaced atomically
+    (the same names every time: no pile-up); `keep_history` also keeps timestamped copies of the JSON and CSV.
+    Returns the paths written."""
+    from emotrain.reports_html import sweep_summary_html
+
     sweep_dir, stamp = Path(sweep_dir), summary.data["created"]
-    prefix = "kfold_results" if summary.kind == "kfold" else "sweep_results"
-    json_path, csv_path = sweep_dir / f"{prefix}_{stamp}.json", sweep_dir / f"{prefix}_{stamp}.csv"
+    json_path, csv_path, png_path, html_path = (sweep_dir / name for name in SUMMARY_FILES)
     write_json(json_path, summary.data)
     atomic_write(csv_path, lambda fh: summary.table.to_csv(fh, index=False))
-    summary.files = [json_path, csv_path]
+    plot_summary(summary, png_path)
+    title = ("K-fold cross-validation" if summary.kind == "kfold" else "Sweep results") + f": {sweep_dir}"
+    table = summary.table
+    rows = [[None if (isinstance(v, float) and v != v) else v for v in row] for row in table.itertuples(index=False)]
+    notes = [line for line in summary.text.splitlines() if line.startswith(("Folds:", "Jobs:", "Objective:", "Ranked by", "WARNING"))]
+    page = sweep_summary_html(title, summary.text, [str(c) for c in table.columns], rows, png_path, notes)
+    atomic_write(html_path, lambda fh: fh.write(page))
+    summary.files = [json_path, csv_path, png_path, html_path]
+    if keep_history:
+        prefix = "kfold_results" if summary.kind == "kfold" else "sweep_results"
+        stamped = [sweep_dir / f"{prefix}_{stamp}.json", sweep_dir / f"{prefix}_{stamp}.csv"]
+        write_json(stamped[0], summary.data)
+        atomic_write(stamped[1], lambda fh: summary.table.to_csv(fh, index=False))
+        summary.files += stamped
     return summary.files
 
 
@@ -610,7 +679,9 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--aggregate", action="append", default=[], metavar="KEY",
                    help="also pool jobs over this override key, like cv.fold (e.g. --aggregate seed); repeatable")
     p.add_argument("--kind", choices=("auto", "kfold", "sweep"), default="auto", help="force the k-fold report or the ranked table (default: auto)")
-    p.add_argument("--no-write", action="store_true", help="print only; do not write the JSON and CSV files")
+    p.add_argument("--no-write", action="store_true", help="print only; do not write the summary files")
+    p.add_argument("--keep-history", action="store_true",
+                   help="also keep timestamped copies (kfold_results_<time>.json/.csv or sweep_results_...) besides summary.json/.csv")
     return p
 
 
@@ -624,7 +695,7 @@ def main(argv: Sequence[str] | None = None, out: Callable[[str], None] = print) 
     out(summary.text)
     if not args.no_write:
         try:
-            write_summary(summary, args.sweep_dir)
+            write_summary(summary, args.sweep_dir, keep_history=args.keep_history)
         except OSError as e:
             print(f"emotrain-summarize: error: cannot write the results into {args.sweep_dir}: {e} (use --no-write)", file=sys.stderr)
             return EXIT_USAGE

@@ -64,7 +64,7 @@ def test_sweep_kfold_runs_every_fold_into_named_dirs(kfold_sweep):
         assert f"cv.fold={i}" in (sweep / name / ".hydra" / "overrides.yaml").read_text()
     # the end-of-sweep callback printed the summary and wrote its files
     assert "K-FOLD CROSS-VALIDATION RESULTS" in proc.stdout and f"Folds: {K} of k={K} completed" in proc.stdout
-    assert len(list(sweep.glob("kfold_results_*.json"))) == 1 and len(list(sweep.glob("kfold_results_*.csv"))) == 1
+    assert all((sweep / name).is_file() for name in ("summary.json", "summary.csv", "summary.png", "summary.html"))
 
 
 def test_folds_partition_the_pool_stratified_and_test_untouched(kfold_sweep):
@@ -120,8 +120,7 @@ def test_summarize_matches_statistics_from_the_json_files(kfold_sweep, capsys):
     assert f"Best fold: {int(np.argmin(best))} (best validation loss {min(best):.6f}" in out
     for fold in range(K):  # the per-fold table lists every fold's best validation loss
         assert re.search(rf"^\s*{fold}\s+{fold}_fold{fold}\s+\d+\s+{best[fold]:.6f}", out, re.M)
-    newest = max(sweep.glob("kfold_results_*.json"))
-    data = json.loads(newest.read_text())
+    data = json.loads((sweep / "summary.json").read_text())
     assert data["summary"]["loss"]["best_val"]["mean"] == pytest.approx(statistics.mean(best))
     assert data["summary"]["loss"]["best_val"]["std"] == pytest.approx(statistics.stdev(best))
 

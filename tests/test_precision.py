@@ -279,7 +279,7 @@ def test_fp16_on_cpu_prints_the_fallback_and_records_effective_precision(tmp_pat
     fallback = [line for line in proc.stdout.splitlines() if "precision=fp16" in line and "WARNING" in line]
     assert len(fallback) == 1, proc.stdout[-3000:]
     assert fallback[0].endswith(f"precision=fp16 is not supported on CPU; running {expected} instead")
-    assert f"device=cpu precision={expected} (requested fp16)" in proc.stdout  # the effective precision is logged
+    assert f"device: cpu, precision {expected} (requested fp16)" in proc.stdout  # the banner names the effective precision
     metrics = json.loads((run_dir / "metrics.json").read_text())
     assert metrics["precision"] == {"requested": "fp16", "effective": expected, "skipped_steps": 0}
     assert metrics["device"] == "cpu"

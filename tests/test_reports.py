@@ -9,7 +9,7 @@ import os
 import numpy as np
 import pytest
 
-from emotrain.reports import flatten_config, generate_training_report
+from emotrain.reports import flatten_config, generate_training_report, loss_curves_figure, metric_curves_figure
 
 GOEMO = [
     "admiration", "amusement", "anger", "annoyance", "approval", "caring", "confusion", "curiosity", "desire",
@@ -72,7 +72,7 @@ def report(tmp_path_factory):
 
 def test_files_exist(report):
     out, files, _, _ = report
-    expected = {"loss_curves.png", "metrics_curves.png", "report.json", "summary.txt", "per_class_f1_emotion.png",
+    expected = {"loss_curves.png", "metrics_curves.png", "report.json", "summary.txt", "report.html", "per_class_f1_emotion.png",
                 "per_class_f1_sentiment.png", "confusion_matrix_sentiment.png", "confusion_matrix_emotion.png"}
     assert {p.name for p in files.values()} == expected
     assert {p.name for p in out.iterdir()} == expected  # no temp files left
@@ -89,33 +89,74 @@ def test_report_json_round_trips_the_numbers(report):
     assert data["per_class"] == per_class
     assert data["hyperparameters"] == HPARAMS
     assert data["extra"] == {"test": {"loss": 0.95}, "wall_time_s": 12.5}
-    assert data["best_epoch"] == 2 and data["best_val_loss"] == 0.83456
+    assert data["best_epoch"] == 2 and data["val_loss_at_best_epoch"] == 0.83456
+    assert data["best"] == {"epoch": 2, "metric": "loss", "mode": "min", "value": 0.83456}  # no monitor given: the lowest val loss
     cm = np.array(data["confusion"]["sentiment"]["matrix"])
     assert cm.shape == (3, 3) and cm.sum() == 300
     assert np.array(data["confusion"]["emotion"]["matrix"]).shape == (28, 28)
 
 
 def test_summary_layout(report):
+    """Answer first (the kept epoch and why), then per epoch, then the configuration; every fact once."""
     out, _, val_metrics, _ = report
-    text = (out / "summary.txt").read_text()
-    lines = text.splitlines()
-    assert lines[:3] == ["TRAINING SUMMARY", "================", "Hyperparameters:"]
+    lines = (out / "summary.txt").read_text().splitlines()
+    assert lines[:3] == ["EMOTRAIN RUN SUMMARY", "====================", "Kept model: epoch 2 (by val loss, min = 0.8346), of 3 epochs"]
+    i = lines.index("Per epoch:")
+    assert lines[i + 1].split() == ["epoch", "train", "loss", "val", "loss"]
+    assert lines[i + 2].split() == ["1", "1.5000", "1.2000"] and lines[i + 4].split() == ["3", "0.6123", "0.9000"]
+    config = lines.index("Configuration:")
+    assert config > i and lines.index("Extra:") < config  # the configuration comes last
     for line in ("  seed: 42", "  optim.lr: 2e-05", "  trainer.early_stopping.patience: null", "  data.preprocess.lowercase: True"):
-        assert line in lines, line
-    i = lines.index("Training:")
-    assert lines[i - 1] == ""
-    assert lines[i + 1: i + 6] == [
-        "  Total epochs: 3",
-        "  Final training loss: 0.6123",
-        "  Final validation loss: 0.9000",
-        "  Best validation loss: 0.8346",
-        "  Best epoch: 2",
-    ]
-    j = lines.index("Final validation metrics:")
-    assert lines[j - 1] == "" and j == i + 7
-    assert lines[j + 1] == "  loss: 0.9000"
-    assert "  emotion/macro_f1: 0.4000" in lines and "  sentiment/accuracy: 0.7000" in lines
-    assert "  test.loss: 0.9500" in lines[lines.index("Extra:"):]
+        assert line in lines[config:], line
+    assert "  test.loss: 0.9500" in lines[lines.index("Extra:"):config]
+    v = lines.index("Validation at the kept epoch (loss 0.8346, macro_f1 0.4500):")
+    assert "  emotion/macro_f1: 0.3000" in lines[v:i]  # epoch 2's values, not the last epoch's
+    assert len(lines) == len(set(line for line in lines if line.strip())) + lines.count("")  # no line twice
+
+
+def test_best_is_the_monitored_epoch_everywhere(tmp_path):
+    """With a monitor other than the loss, the star, report.json and summary.txt name the monitor's epoch."""
+    val_metrics, _, _ = synthetic()
+    best = {"epoch": 3, "metric": "emotion/macro_f1", "mode": "max", "value": 0.4}
+    out = tmp_path / "r"
+    generate_training_report(TRAIN_LOSSES, VAL_LOSSES, None, val_metrics, HPARAMS, out, best=best)
+    data = json.loads((out / "report.json").read_text())
+    assert data["best"] == best and data["best_epoch"] == 3 and data["val_loss_at_best_epoch"] == 0.9  # not epoch 2, the lowest loss
+    assert "Kept model: epoch 3 (by val emotion/macro_f1, max = 0.4000), of 3 epochs" in (out / "summary.txt").read_text()
+    fig = loss_curves_figure(TRAIN_LOSSES, VAL_LOSSES, val_metrics, "t", best)
+    labels = fig.axes[0].get_legend_handles_labels()[1]
+    star = [label for label in labels if label.startswith("kept:")]
+    assert star == ["kept: epoch 3 (by val emotion/macro_f1, max = 0.4000)"]
+    line = next(ln for ln in fig.axes[0].lines if ln.get_label() == star[0])
+    assert list(line.get_xdata()) == [3] and list(line.get_ydata()) == [0.9]
+
+
+def test_metric_curves_say_what_each_line_is(tmp_path):
+    val_metrics, _, _ = synthetic()
+    for d in val_metrics:  # a multi-label task tracked at 0.5 and at per-epoch tuned thresholds
+        d["emotion/macro_f1_tuned"] = d["emotion/macro_f1"] + 0.2
+    fig = metric_curves_figure(None, val_metrics, "metrics (validation split)", {"epoch": 2})
+    titles = [ax.get_title() for ax in fig.axes if ax.axison]
+    assert titles == ["task emotion (multi-label), validation split", "task sentiment (single-label), validation split",
+                      "macro-F1 of every task, validation split"]
+    emotion, sentiment, overall = (ax for ax in fig.axes if ax.axison)
+    em = emotion.get_legend_handles_labels()[1]
+    assert "macro-F1 at 0.5" in em and "macro-F1 at thresholds tuned per epoch" in em and "kept: epoch 2" in em
+    se = sentiment.get_legend_handles_labels()[1]
+    assert se == ["macro-F1", "accuracy (= micro-F1)", "kept: epoch 2"]  # micro-F1 equals accuracy: one line, said so
+    styles = {(ln.get_linestyle(), ln.get_marker()) for ln in emotion.lines if not ln.get_label().startswith("kept")}
+    assert len(styles) == len([ln for ln in emotion.lines if not ln.get_label().startswith("kept")])  # every series distinguishable
+    assert "train" not in " ".join(em + se) and "dashed: training" not in fig._suptitle.get_text()
+    assert overall.get_legend_handles_labels()[1][:3] == ["emotion (tuned thresholds)", "sentiment", "mean over tasks"]
+
+
+def test_one_epoch_gets_one_integer_tick():
+    val_metrics, _, _ = synthetic()
+    fig = metric_curves_figure(None, val_metrics[:1], "t")
+    ax = next(ax for ax in fig.axes if ax.axison)
+    assert list(ax.get_xticks()) == [1]
+    fig = loss_curves_figure([1.0], [1.0], None, "t")
+    assert list(fig.axes[0].get_xticks()) == [1]
 
 
 def _image(path):
@@ -151,10 +192,10 @@ def test_no_pyplot_figures_left_open(report):
 def test_minimal_inputs_and_non_finite_values(tmp_path):
     files = generate_training_report([math.nan], [float("inf")], None, None, {}, tmp_path / "r")
     text = (tmp_path / "r" / "summary.txt").read_text()
-    assert "  Final training loss: n/a" in text and "  Best epoch: n/a" in text and "  (none)" in text
+    assert "Kept model: n/a" in text and "      1         n/a       n/a" in text and "  (none)" in text
     data = json.loads((tmp_path / "r" / "report.json").read_text())  # strict JSON: NaN/inf became null
     assert data["train_losses"] == [None] and data["val_losses"] == [None]
-    assert {"loss_curves", "metrics_curves", "report", "summary"} == set(files)
+    assert {"loss_curves", "metrics_curves", "report", "summary", "html"} == set(files)
 
 
 def test_atomic_write_keeps_previous_png_on_failure(tmp_path, monkeypatch):

@@ -16,7 +16,7 @@ import yaml
 
 from conftest import REPO_ROOT
 from emotrain.summarize import main as summarize_main
-from emotrain.summarize import summarize
+from emotrain.summarize import summarize, SUMMARY_FILES
 
 BASIC = "hydra._internal.core_plugins.basic_sweeper.BasicSweeper"
 
@@ -102,11 +102,9 @@ def test_kfold_report_statistics_and_files(tmp_path, capsys):
     mean, _ = value_after(out, "Mean test loss")
     assert mean == pytest.approx(3.0)
 
-    json_files = list(sweep.glob("kfold_results_*.json"))
-    csv_files = list(sweep.glob("kfold_results_*.csv"))
-    assert len(json_files) == 1 and len(csv_files) == 1
-    assert re.fullmatch(r"kfold_results_\d{8}_\d{6}\.json", json_files[0].name)
-    assert csv_files[0].stem == json_files[0].stem
+    assert sorted(p.name for p in sweep.glob("summary.*")) == ["summary.csv", "summary.html", "summary.json", "summary.png"]
+    assert not list(sweep.glob("kfold_results_*"))  # timestamped copies only with --keep-history
+    json_files, csv_files = [sweep / "summary.json"], [sweep / "summary.csv"]
     data = json.loads(json_files[0].read_text())
     assert data["complete"] is True and data["k"] == 3 and data["completed_folds"] == [0, 1, 2]
     assert data["summary"]["loss"]["best_val"]["mean"] == pytest.approx(statistics.mean(best))
@@ -131,7 +129,7 @@ def test_kfold_failed_and_missing_folds_are_named_and_excluded(tmp_path, capsys)
     mean, std = value_after(out, "Mean best validation loss")
     assert mean == pytest.approx(0.6) and std == pytest.approx(statistics.stdev([0.5, 0.7]), abs=1e-6)
     assert "(n=2)" in out
-    assert not list(sweep.glob("kfold_results_*"))  # --no-write
+    assert not list(sweep.glob("kfold_results_*")) and not list(sweep.glob("summary.*"))  # --no-write
 
 
 def test_job_without_results_or_status_is_missing(tmp_path):
@@ -193,9 +191,9 @@ def test_grid_groups_ranked_best_first(tmp_path, capsys):
     assert summarize_main([str(sweep), "--mode", "max", "--no-write"]) == 0
     rows = parse_table(capsys.readouterr().out)[1:]
     assert [(r[1], r[2]) for r in rows] == sorted(expected, key=lambda g: -expected[g][0])
-    data = json.loads(next(sweep.glob("sweep_results_*.json")).read_text())
+    data = json.loads((sweep / "summary.json").read_text())
     assert [g["overrides"]["optim.lr"] for g in data["groups"]] == [g[0] for g in order]
-    assert len(list(sweep.glob("sweep_results_*.csv"))) == 1
+    assert (sweep / "summary.csv").is_file() and (sweep / "summary.png").is_file() and not list(sweep.glob("sweep_results_*"))
 
 
 def test_grid_with_folds_pools_folds_with_t_interval(tmp_path):
@@ -282,7 +280,7 @@ def test_callback_summarises_at_multirun_end(tmp_path, capsys):
     cb.on_multirun_end(cfg)
     out = capsys.readouterr().out
     assert "K-FOLD CROSS-VALIDATION RESULTS" in out and "Mean best validation macro_f1" in out
-    assert len(list(sweep.glob("kfold_results_*.json"))) == 1
+    assert (sweep / "summary.json").is_file() and (sweep / "summary.html").is_file()
     SweepCallback(enabled=False).on_multirun_end(cfg)
     assert capsys.readouterr().out == ""
     # a sweep dir without jobs: one line, no exception
@@ -332,3 +330,49 @@ def test_optuna_direction_resolver():
     assert emotrain.callbacks._optuna_direction(cfg.e) == "minimize"
     with pytest.raises(Exception):
         _ = cfg.d
+
+
+def test_summary_files_keep_stable_names_and_history_is_opt_in(tmp_path, capsys):
+    """Every call replaces summary.json/.csv/.png/.html (no pile-up); --keep-history adds timestamped copies."""
+    sweep = kfold_sweep(tmp_path, {0: [0.9, 0.7], 1: [0.8, 0.6], 2: [0.95, 0.85]}, k=3)
+    for _ in range(3):
+        assert summarize_main([str(sweep)]) == 0
+    names = sorted(p.name for p in sweep.iterdir() if p.is_file())
+    assert set(names) >= set(SUMMARY_FILES) and len([n for n in names if n.startswith("summary.")]) == 4
+    assert not [n for n in names if n.startswith(("kfold_results_", "."))]  # no timestamped copies, no temp files
+    assert summarize_main([str(sweep), "--keep-history"]) == 0
+    stamped = sorted(p.name for p in sweep.glob("kfold_results_*"))
+    assert len(stamped) == 2 and re.fullmatch(r"kfold_results_\d{8}_\d{6}\.json", stamped[1])
+
+
+def test_summary_plot_and_html_show_the_folds(tmp_path):
+    from html.parser import HTMLParser
+
+    import matplotlib.image as mpimg
+
+    sweep = kfold_sweep(tmp_path, {0: [0.9, 0.7], 1: [0.8, 0.6], 2: [0.95, 0.85]}, k=3)
+    s = summarize(sweep)
+    img = mpimg.imread(sweep / "summary.png")
+    assert img.shape[0] > 200 and img[..., :3].std() > 0.05
+    page = (sweep / "summary.html").read_text()
+
+    class Cells(HTMLParser):
+        def __init__(self):
+            super().__init__()
+            self.cells, self.in_cell, self.srcs = [], False, []
+
+        def handle_starttag(self, tag, attrs):
+            self.in_cell = tag in ("td", "th")
+            if tag == "img":
+                self.srcs.append(dict(attrs)["src"])
+
+        def handle_data(self, data):
+            if self.in_cell and data.strip():
+                self.cells.append(data.strip())
+
+    parser = Cells()
+    parser.feed(page)
+    assert parser.srcs and all(src.startswith("data:image/png;base64,") for src in parser.srcs)  # self-contained
+    assert "http://" not in page and "https://" not in page
+    assert "best_val_loss" in parser.cells and "0.7000" in parser.cells and "0.6000" in parser.cells  # per-fold values
+    assert "Folds: 3 of k=3 completed" in page and s.complete

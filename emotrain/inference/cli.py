@@ -21,6 +21,7 @@ import sys
 from contextlib import contextmanager
 from typing import Iterator
 
+from emotrain.console import progress
 from emotrain.errors import TRAINING_PACKAGES, EmotrainError, MissingDependencyError, require_packages
 
 log = logging.getLogger("emotrain.inference.cli")
@@ -167,7 +168,7 @@ def _chunks(records: Iterator, size: int) -> Iterator[list]:
 def predict_main(argv: list[str] | None = None) -> int:
     """Console script ``emotrain-predict``."""
     args = _predict_parser().parse_args(argv)
-    with _logging_to_stderr(PREDICT, logging.ERROR if args.quiet else logging.WARNING):
+    with _logging_to_stderr(PREDICT, logging.ERROR if args.quiet else logging.INFO):
         return _predict(args)
 
 
@@ -189,10 +190,14 @@ def _predict(args) -> int:
         else:
             rounds = _chunks(_stdin_records(sys.stdin, args.input), args.chunk)
         write = _jsonl_writer(sys.stdout)
+        # On stderr (stdout is the JSON Lines): a bar on a terminal, else a line every 30 s of a long stream.
+        shown = progress(desc="predicting", unit="texts", enabled=not args.quiet and not args.texts, logger=log)
         for chunk in rounds:
             results = engine.predict_batch([text for _, text in chunk], batch_size=args.batch_size)
             for (record, _), result in zip(chunk, results):
                 write({**record, **result})
+            shown.update(len(chunk))
+        shown.close()
     except (EmotrainError, ValueError, TypeError, OSError) as e:
         if isinstance(e, BrokenPipeError):
             return _broken_pipe()

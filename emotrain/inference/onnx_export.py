@@ -429,13 +429,18 @@ def export_bundle(
         if not (staging / TOKENIZER_FILE).is_file():
             hf_tok.backend_tokenizer.save(str(staging / TOKENIZER_FILE))
         example = hf_tok(["Hello there, how are you?", "I'm fine"], padding=True, return_tensors="np")
+        steps = 1 + bool(quantize) + bool(check)
+        log.info("export step 1/%d: tracing the fp32 ONNX graph (opset %d)", steps, opset)
         _export_onnx(
             src.model, staging / FP32_FILE, src.tasks, opset, with_tt,
             np.asarray(example["input_ids"], dtype=np.int64), np.asarray(example["attention_mask"], dtype=np.int64),
         )
+        if quantize:
+            log.info("export step 2/%d: quantising to int8 (onnxruntime dynamic, per_channel=%s)", steps, per_channel)
         quantization = _quantize(staging / FP32_FILE, staging / INT8_FILE, per_channel) if quantize else None
         checks = {"skipped": True}
         if check:
+            log.info("export step %d/%d: checking the bundle against PyTorch on %d texts", steps, steps, len(texts))
             checks = _self_check(src, staging, texts, quantized=bool(quantize), atol=float(atol), min_agreement=float(min_agreement), pad_id=pad_id)
             if quantize:
                 log.info("export check: fp32 max |logit diff| %.2e (atol %g); int8 decision agreement %.1f%% (min %.0f%%)",

@@ -20,6 +20,8 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from emotrain.console import FILE_ONLY
+
 log = logging.getLogger(__name__)
 
 
@@ -109,5 +111,5 @@ def compact_word_embeddings(encoder: nn.Module, train_input_ids: list[np.ndarray
         rows = rows[rows != embedding.padding_idx]  # nn.Embedding never trains the padding row
     compact = CompactWordEmbedding(embedding, rows)
     encoder.set_input_embeddings(compact)
-    log.info("word embeddings: %d of %d rows train (the tokens of the training data; trainer.compact_embeddings)", len(rows), compact.num_embeddings)
+    log.info("word embeddings: %d of %d rows train (the tokens of the training data; trainer.compact_embeddings)", len(rows), compact.num_embeddings, extra=FILE_ONLY)
     return compact

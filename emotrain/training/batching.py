@@ -30,12 +30,14 @@ class EncodedSplit(Dataset):
         return np.fromiter((len(x) for x in self.input_ids), dtype=np.int64, count=len(self.input_ids))
 
 
-def encode_texts(tokenizer, texts: list[str], max_length: int, chunk: int = 4096) -> list[np.ndarray]:
-    """Token ids per text, truncated to max_length, no padding (fast tokenizer, batched)."""
+def encode_texts(tokenizer, texts: list[str], max_length: int, chunk: int = 4096, on_chunk=None) -> list[np.ndarray]:
+    """Token ids per text, truncated to max_length, no padding (fast tokenizer, batched); `on_chunk(n)` after each chunk."""
     out: list[np.ndarray] = []
     for start in range(0, len(texts), chunk):
         enc = tokenizer(texts[start : start + chunk], truncation=True, max_length=max_length, padding=False)
         out.extend(np.asarray(ids, dtype=np.int32) for ids in enc["input_ids"])
+        if on_chunk is not None:
+            on_chunk(len(enc["input_ids"]))
     return out
 
 

@@ -5,16 +5,19 @@ from __future__ import annotations
 import numpy as np
 import torch
 
+from emotrain.console import progress
 from emotrain.data.types import TaskSpec
 from emotrain.training.batching import EncodedSplit, make_loader
 from emotrain.training.metrics import evaluate_predictions
 
 
 @torch.no_grad()
-def evaluate(model, criterion, data: EncodedSplit, tasks: list[TaskSpec], *, pad_token_id: int, batch_size: int, device, mp, thresholds=None, features=None, rank: int = 0, world_size: int = 1) -> tuple[dict, dict, dict]:
+def evaluate(model, criterion, data: EncodedSplit, tasks: list[TaskSpec], *, pad_token_id: int, batch_size: int, device, mp, thresholds=None, features=None,
+             rank: int = 0, world_size: int = 1, progress_desc: str | None = None) -> tuple[dict, dict, dict]:
     """Returns (flat metrics, per-class tables, {task: probabilities [n, C]} in input order).
 
     `features`: cached pooled encoder outputs [n, H] (frozen encoder), used instead of the encoder.
+    `progress_desc`: show progress under this name (emotrain.console.progress; None: silent).
     `rank`/`world_size` (data parallel; every rank must call this): rank r evaluates batches
     r, r + world_size, ... of the single-process batch list; probabilities and per-batch losses
     are summed across ranks (each entry comes from one rank, the others add exact zeros) and
@@ -30,7 +33,8 @@ def evaluate(model, criterion, data: EncodedSplit, tasks: list[TaskSpec], *, pad
     probs = {t.name: np.zeros((n, t.num_labels), dtype=np.float32) for t in tasks}
     names = [t.name for t in tasks]
     batch_losses = np.zeros((len(batches), len(names)), dtype=np.float64)  # unweighted task loss per batch
-    for j, indices in enumerate(batches):
+    shown = progress(batches, desc=progress_desc or "", unit="batches", enabled=progress_desc is not None)
+    for j, indices in enumerate(shown):
         if j % world_size != rank:
             continue
         batch = loader.collate_fn(indices)
