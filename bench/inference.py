@@ -46,7 +46,9 @@ import time
 from pathlib import Path
 
 REPO = Path(__file__).resolve().parents[1]
-DEFAULT_DATA = Path(os.environ.get("EMOTRAIN_GOEMOTIONS_DIR", REPO.parent / "shared" / "data" / "goemotions")) / "test.tsv"
+DEFAULT_DATA = (
+    Path(os.environ.get("EMOTRAIN_GOEMOTIONS_DIR", REPO.parent / "shared" / "data" / "goemotions")) / "test.tsv"
+)
 ENGINES = ("pipeline", "pytorch", "onnx", "int8")
 WARMUP = 64
 
@@ -115,7 +117,9 @@ def _pipeline(run: Path, threads: int, batch_size: int):
             self.encoder, self.head, self.pooling = encoder, head, pooling
 
         def forward(self, input_ids=None, attention_mask=None, token_type_ids=None, **_):
-            hidden = self.encoder(input_ids=input_ids, attention_mask=attention_mask, token_type_ids=token_type_ids).last_hidden_state
+            hidden = self.encoder(
+                input_ids=input_ids, attention_mask=attention_mask, token_type_ids=token_type_ids
+            ).last_hidden_state
             return SequenceClassifierOutput(logits=self.head(pool(hidden, attention_mask, self.pooling)))
 
     model = MeanPoolClassifier(config, src.model.encoder, src.model.heads[task.name], src.model.pooling).eval()
@@ -125,7 +129,14 @@ def _pipeline(run: Path, threads: int, batch_size: int):
     index = {name: i for i, name in enumerate(task.labels)}
 
     def predict(texts):
-        out = pipe([pre(t) for t in texts], batch_size=batch_size, truncation=True, max_length=src.max_length, top_k=None, function_to_apply=func)
+        out = pipe(
+            [pre(t) for t in texts],
+            batch_size=batch_size,
+            truncation=True,
+            max_length=src.max_length,
+            top_k=None,
+            function_to_apply=func,
+        )
         return out
 
     def to_scores(results):
@@ -183,11 +194,21 @@ def worker(args) -> None:
 
     np.save(args.scores_out, to_scores(results))
     heavy = sorted({m.split(".")[0] for m in sys.modules} & {"torch", "transformers"})
-    print(json.dumps({
-        "engine": args.worker, "texts": len(texts), "seconds": best, "texts_per_s": len(texts) / best,
-        "load_s": load_s, "rss_baseline_mb": baseline, "rss_loaded_mb": loaded, "peak_rss_mb": peak_rss_mb(),
-        "imports_torch_or_transformers": heavy,
-    }))
+    print(
+        json.dumps(
+            {
+                "engine": args.worker,
+                "texts": len(texts),
+                "seconds": best,
+                "texts_per_s": len(texts) / best,
+                "load_s": load_s,
+                "rss_baseline_mb": baseline,
+                "rss_loaded_mb": loaded,
+                "peak_rss_mb": peak_rss_mb(),
+                "imports_torch_or_transformers": heavy,
+            }
+        )
+    )
 
 
 # --------------------------------------------------------------------------- parent
@@ -209,9 +230,20 @@ def train_quick(args) -> Path:
         return run
     data_dir = Path(args.data).resolve().parent
     cmd = [
-        sys.executable, "-m", "emotrain", f"backbone={args.train_backbone}", "data=goemotions", f"data.dir={data_dir}",
-        "trainer.epochs=1", f"data.max_train_examples={args.train_examples}", f"data.max_eval_examples={args.train_eval_examples}",
-        "precision=fp32", "trainer.progress=false", "report=false", f"trainer.num_threads={args.threads}", f"hydra.run.dir={run}",
+        sys.executable,
+        "-m",
+        "emotrain",
+        f"backbone={args.train_backbone}",
+        "data=goemotions",
+        f"data.dir={data_dir}",
+        "trainer.epochs=1",
+        f"data.max_train_examples={args.train_examples}",
+        f"data.max_eval_examples={args.train_eval_examples}",
+        "precision=fp32",
+        "trainer.progress=false",
+        "report=false",
+        f"trainer.num_threads={args.threads}",
+        f"hydra.run.dir={run}",
     ]
     t = time.perf_counter()
     run_cmd(cmd, "training a quick model (no --model given)")
@@ -235,17 +267,23 @@ def macro_f1(scores, gold: list[list[int]], thresholds, multilabel: bool) -> flo
 
 
 def main() -> None:
-    ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0], formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap = argparse.ArgumentParser(
+        description=__doc__.split("\n\n")[0], formatter_class=argparse.RawDescriptionHelpFormatter
+    )
     ap.add_argument("--model", help="run directory trained on GoEmotions (default: train a quick one)")
     ap.add_argument("--data", default=str(DEFAULT_DATA), help="GoEmotions test.tsv (labels.txt next to it)")
     ap.add_argument("--limit", type=int, default=None, help="use the first N texts (default: all)")
     ap.add_argument("--batch-size", type=int, default=32)
-    ap.add_argument("--threads", type=int, default=min(4, os.cpu_count() or 1), help="intra-op threads for every engine")
+    ap.add_argument(
+        "--threads", type=int, default=min(4, os.cpu_count() or 1), help="intra-op threads for every engine"
+    )
     ap.add_argument("--repeats", type=int, default=1, help="timed passes per engine (best is reported)")
     ap.add_argument("--engines", default=",".join(ENGINES))
     ap.add_argument("--min-agreement", type=float, default=None, help="passed to the export when the bundle is missing")
     ap.add_argument("--out", help="write the figures as JSON here")
-    ap.add_argument("--workdir", default=str(REPO / "outputs" / "bench-inference"), help="where a quick model is trained")
+    ap.add_argument(
+        "--workdir", default=str(REPO / "outputs" / "bench-inference"), help="where a quick model is trained"
+    )
     ap.add_argument("--train-backbone", default="minilm", choices=("minilm", "tiny"))
     ap.add_argument("--train-examples", type=int, default=2000)
     ap.add_argument("--train-eval-examples", type=int, default=500)
@@ -277,18 +315,40 @@ def main() -> None:
     texts, gold, names = read_goemotions(data, args.limit)
     f1_ok = primary["labels"] == names
     if not f1_ok:
-        print(f"[bench] the primary task's labels are not {data.parent / 'labels.txt'}: macro-F1 not computed", file=sys.stderr)
+        print(
+            f"[bench] the primary task's labels are not {data.parent / 'labels.txt'}: macro-F1 not computed",
+            file=sys.stderr,
+        )
 
     rows = {}
     with tempfile.TemporaryDirectory() as tmp:
         for name in engines:
             scores_path = Path(tmp) / f"{name}.npy"
             cmd = [
-                sys.executable, str(Path(__file__).resolve()), "--worker", name, "--model", str(run), "--bundle", str(bundle),
-                "--data", str(data), "--batch-size", str(args.batch_size), "--threads", str(args.threads),
-                "--repeats", str(args.repeats), "--scores-out", str(scores_path),
+                sys.executable,
+                str(Path(__file__).resolve()),
+                "--worker",
+                name,
+                "--model",
+                str(run),
+                "--bundle",
+                str(bundle),
+                "--data",
+                str(data),
+                "--batch-size",
+                str(args.batch_size),
+                "--threads",
+                str(args.threads),
+                "--repeats",
+                str(args.repeats),
+                "--scores-out",
+                str(scores_path),
             ] + (["--limit", str(args.limit)] if args.limit else [])
-            out = run_cmd(cmd, f"engine {name}", env={"OMP_NUM_THREADS": str(args.threads), "TOKENIZERS_PARALLELISM": "false", "HF_HUB_OFFLINE": "1"})
+            out = run_cmd(
+                cmd,
+                f"engine {name}",
+                env={"OMP_NUM_THREADS": str(args.threads), "TOKENIZERS_PARALLELISM": "false", "HF_HUB_OFFLINE": "1"},
+            )
             row = json.loads(out.strip().splitlines()[-1])
             import numpy as np
 
@@ -298,14 +358,23 @@ def main() -> None:
             rows[name] = row
 
     print()
-    print(f"model: {run}  ({meta.get('backbone')}, primary task {primary['name']!r}, {len(primary['labels'])} labels, max_length {meta['max_length']})")
-    print(f"data: {data}  texts: {len(texts)}  batch size: {args.batch_size}  threads: {args.threads}  repeats: {args.repeats}")
+    print(
+        f"model: {run}  ({meta.get('backbone')}, primary task {primary['name']!r}, {len(primary['labels'])} labels, "
+        f"max_length {meta['max_length']})"
+    )
+    print(
+        f"data: {data}  texts: {len(texts)}  batch size: {args.batch_size}  threads: {args.threads}  repeats: "
+        f"{args.repeats}"
+    )
     header = f"{'engine':<10}{'texts/s':>10}{'load s':>9}{'peak RSS MB':>13}{'RSS growth MB':>15}{'macro-F1':>10}"
     print(header)
     print("-" * len(header))
     for name, r in rows.items():
         f1 = f"{r['macro_f1']:.4f}" if "macro_f1" in r else "n/a"
-        print(f"{name:<10}{r['texts_per_s']:>10.1f}{r['load_s']:>9.2f}{r['peak_rss_mb']:>13.0f}{r['peak_rss_mb'] - r['rss_baseline_mb']:>15.0f}{f1:>10}")
+        print(
+            f"{name:<10}{r['texts_per_s']:>10.1f}{r['load_s']:>9.2f}{r['peak_rss_mb']:>13.0f}"
+            f"{r['peak_rss_mb'] - r['rss_baseline_mb']:>15.0f}{f1:>10}"
+        )
     print()
     ratios = {}
     base = rows.get("pipeline")
@@ -330,8 +399,21 @@ def main() -> None:
     if torch_free:
         print(f"torch/transformers not imported by: {', '.join(torch_free)}")
     if args.out:
-        Path(args.out).write_text(json.dumps({"model": str(run), "data": str(data), "texts": len(texts), "batch_size": args.batch_size,
-                                              "threads": args.threads, "engines": rows, "ratios": ratios, "targets": targets}, indent=2))
+        Path(args.out).write_text(
+            json.dumps(
+                {
+                    "model": str(run),
+                    "data": str(data),
+                    "texts": len(texts),
+                    "batch_size": args.batch_size,
+                    "threads": args.threads,
+                    "engines": rows,
+                    "ratios": ratios,
+                    "targets": targets,
+                },
+                indent=2,
+            )
+        )
 
 
 if __name__ == "__main__":

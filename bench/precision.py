@@ -16,7 +16,6 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "tests"))
 from conftest import compose  # noqa: E402
-
 from emotrain.recipe import run  # noqa: E402
 
 
@@ -30,9 +29,20 @@ def main() -> None:
     for _ in range(args.repeats):
         for precision in figures:  # interleaved so machine noise hits both alike
             with tempfile.TemporaryDirectory() as tmp:
-                overrides = [f"backbone={args.backbone}", f"precision={precision}", "trainer.progress=false", "trainer.epochs=100", f"trainer.max_steps={args.steps}", "trainer.eval_every_steps=1000000", "checkpoint=none", "report=false"]
+                overrides = [
+                    f"backbone={args.backbone}",
+                    f"precision={precision}",
+                    "trainer.progress=false",
+                    "trainer.epochs=100",
+                    f"trainer.max_steps={args.steps}",
+                    "trainer.eval_every_steps=1000000",
+                    "checkpoint=none",
+                    "report=false",
+                ]
                 r = run(compose(overrides, Path(tmp)), overrides)
-                figures[precision].append((r["train_samples_per_s"], r["history"][-1]["train_loss"], r["final_val"]["loss"]))
+                figures[precision].append(
+                    (r["train_samples_per_s"], r["history"][-1]["train_loss"], r["final_val"]["loss"])
+                )
     print(f"{'precision':<10}{'samples/s (median)':>20}{'train loss':>12}{'val loss':>10}")
     med = {}
     for p, rows in figures.items():

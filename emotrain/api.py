@@ -26,8 +26,9 @@ from __future__ import annotations
 import contextlib
 import logging
 import os
+from collections.abc import Iterable, Iterator
 from pathlib import Path
-from typing import TYPE_CHECKING, Iterable, Iterator
+from typing import TYPE_CHECKING
 
 from emotrain.errors import ConfigError, require_packages
 
@@ -68,7 +69,9 @@ def _compose_with_hydra(overrides: list[str], config_dir: str | os.PathLike | No
     if config_dir is not None:
         directory = Path(config_dir).expanduser().resolve()
         if not directory.is_dir():
-            raise ConfigError(f"config_dir={config_dir}: not a directory; pass the folder that holds your own config groups")
+            raise ConfigError(
+                f"config_dir={config_dir}: not a directory; pass the folder that holds your own config groups"
+            )
         overrides = [*overrides, f"hydra.searchpath=[file://{directory}]"]
     try:
         with _own_global_hydra(), initialize_config_module(CONFIG_MODULE, version_base="1.3"):
@@ -101,7 +104,9 @@ def compose(
     overrides = [str(o) for o in overrides]
     cfg = _compose_with_hydra(overrides, config_dir)
     hydra_cfg = cfg.hydra
-    if hydra_cfg.mode == RunMode.MULTIRUN or any(o.split("=", 1)[0].lstrip("+~") in _MULTIRUN_GROUPS for o in overrides):
+    if hydra_cfg.mode == RunMode.MULTIRUN or any(
+        o.split("=", 1)[0].lstrip("+~") in _MULTIRUN_GROUPS for o in overrides
+    ):
         raise ConfigError(
             "emotrain.train runs one job; sweeps (sweep=..., hparams_search=...) are Hydra multiruns: run them with "
             "`python -m emotrain -m ...`, or call emotrain.train once per setting (e.g. per cv.fold)"
@@ -155,7 +160,6 @@ def train(
     from omegaconf.errors import OmegaConfBaseException
 
     from emotrain.cli import hydra_error_line, record_run
-
     from emotrain.rundir import claim_run_dir
 
     overrides = [str(o) for o in overrides]

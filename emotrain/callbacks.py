@@ -19,13 +19,15 @@ from __future__ import annotations
 
 import logging
 import sys
+from collections.abc import Sequence
 from pathlib import Path
-from typing import Any, Sequence
+from typing import Any
 
 from hydra.errors import CompactHydraException
 from hydra.experimental.callback import Callback
 from hydra.types import RunMode
 from omegaconf import DictConfig, OmegaConf
+
 from emotrain.config import choice
 
 log = logging.getLogger("emotrain")
@@ -67,7 +69,7 @@ def _as_int(value: Any) -> int | None:
 
 def check_fold_sweep(config: DictConfig) -> None:
     """Raise SweepConfigError when a basic-sweeper multirun asks for folds outside 0..cv.k-1 (or cv.k < 2)."""
-    from emotrain.summarize import FOLD_KEY, expand_basic_sweep, override_dict
+    from emotrain.sweeps import FOLD_KEY, expand_basic_sweep, override_dict
 
     sweeper = config.hydra.sweeper
     if not str(sweeper.get("_target_", "")).endswith("BasicSweeper"):
@@ -103,7 +105,8 @@ def check_fold_sweep(config: DictConfig) -> None:
         folds = sorted({f for f, _ in pairs})
         problems.append(
             f"cv.fold={', '.join(map(str, folds))} ({_jobs([n for _, n in pairs])}) "
-            f"{'is' if len(folds) == 1 else 'are'} outside 0..{k - 1} for cv.k={k}; sweep 'cv.fold=range(${{cv.k}})' or use sweep=kfold"
+            f"{'is' if len(folds) == 1 else 'are'} outside 0..{k - 1} for cv.k={k}; sweep 'cv.fold=range(${{cv.k}})' "
+            "or use sweep=kfold"
         )
     if problems:
         raise SweepConfigError("emotrain: error: " + "; ".join(problems) + " (no job was started)")
@@ -116,7 +119,13 @@ def _jobs(nums: Sequence[int]) -> str:
 class SweepCallback(Callback):
     """Checks fold sweeps up front, warns about failed jobs and summarises the multirun at its end."""
 
-    def __init__(self, enabled: bool = True, metrics: Sequence[str] | None = None, mode: str | None = None, check_folds: bool = True) -> None:
+    def __init__(
+        self,
+        enabled: bool = True,
+        metrics: Sequence[str] | None = None,
+        mode: str | None = None,
+        check_folds: bool = True,
+    ) -> None:
         self.enabled = bool(enabled)
         self.metrics = [str(m) for m in (metrics or [])]
         self.mode = mode
@@ -144,8 +153,12 @@ class SweepCallback(Callback):
         error = getattr(job_return, "_return_value", None)
         error = getattr(error, "__cause__", None) or error
         log.warning(
-            "job %s failed (%s: %s); Hydra skips the end-of-sweep summary when a job fails: run `emotrain-summarize %s` after the sweep",
-            config.hydra.job.num, type(error).__name__, error, sweep_dir,
+            "job %s failed (%s: %s); Hydra skips the end-of-sweep summary when a job fails: run `emotrain-summarize "
+            "%s` after the sweep",
+            config.hydra.job.num,
+            type(error).__name__,
+            error,
+            sweep_dir,
         )
 
     def on_multirun_end(self, config: DictConfig, **kwargs: Any) -> None:
@@ -160,7 +173,10 @@ class SweepCallback(Callback):
             print(f"emotrain-summarize: {e}", flush=True)
             return
         except Exception as e:  # never fail a finished sweep over its summary
-            print(f"emotrain-summarize: summary failed ({type(e).__name__}: {e}); run `emotrain-summarize {sweep_dir}`", flush=True)
+            print(
+                f"emotrain-summarize: summary failed ({type(e).__name__}: {e}); run `emotrain-summarize {sweep_dir}`",
+                flush=True,
+            )
             return
         print(summary.text, flush=True)
         for path in summary.files:
@@ -219,8 +235,84 @@ class RunDirGuard(Callback):
         if held:
             shown = ", ".join(held[:3]) + (", ..." if len(held) > 3 else "")
             print(
-                f"emotrain: error: sweep directory {sweep_dir} already holds runs ({shown}); a second sweep there would mix "
+                f"emotrain: error: sweep directory {sweep_dir} already holds runs ({shown}); a second sweep there "
+                "would mix "
                 "their results: choose a new hydra.sweep.dir (or leave it at its default)",
-                file=sys.stderr, flush=True,
+                file=sys.stderr,
+                flush=True,
             )
             raise SystemExit(2)
+
+
+# --------------------------------------------------------------------------- data parallel (torchrun)
+
+CALLBACK_KEY = "emotrain_distributed"
+
+
+def hydra_argv(argv: list[str]) -> list[str]:
+    """argv for the Hydra entry point: under torchrun (WORLD_SIZE > 1) add the DistributedRunDir callback."""
+    from emotrain.distributed import env_world_size
+
+    if env_world_size() <= 1 or any(a.lstrip("+").startswith(f"hydra.callbacks.{CALLBACK_KEY}") for a in argv):
+        return argv
+    return [*argv, f"++hydra.callbacks.{CALLBACK_KEY}._target_=emotrain.callbacks.DistributedRunDir"]
+
+
+def _quiet_job_logging(job_logging, rank: int) -> None:
+    """Non-zero ranks: no file handlers (nothing written into the run dir), errors only, `[rank N]` prefix."""
+    from omegaconf import open_dict, read_write
+
+    if job_logging is None:
+        return
+    with read_write(job_logging), open_dict(job_logging):
+        handlers = job_logging.get("handlers") or {}
+        files = [name for name, h in handlers.items() if h is not None and "filename" in h]
+        for name in files:
+            del handlers[name]
+        nodes = [job_logging.get("root")] + list((job_logging.get("loggers") or {}).values())
+        for node in nodes:
+            if node is not None and node.get("handlers") is not None:
+                node.handlers = [h for h in node.handlers if h not in files]
+        if job_logging.get("root") is not None:
+            job_logging.root.level = "ERROR"  # rank 0 logs the same warnings
+        for fmt in (job_logging.get("formatters") or {}).values():
+            if fmt is not None and fmt.get("format"):
+                fmt.format = f"[rank {rank}] " + str(fmt.format)
+
+
+class DistributedRunDir(Callback):
+    """Hydra callback (added by `hydra_argv` under torchrun): one run directory for all ranks.
+
+    Runs before Hydra creates the run dir: joins the process group, resolves `hydra.run.dir`
+    on rank 0 (`${now:...}` differs per process by microseconds) and broadcasts it; the other
+    ranks use it verbatim, skip `.hydra/` (hydra.output_subdir=null) and log errors to the
+    console only. Hydra still `mkdir`s the (same) directory on every rank: nothing else appears.
+    """
+
+    def on_run_start(self, config, **kwargs) -> None:
+        from hydra.core.hydra_config import HydraConfig
+        from omegaconf import OmegaConf, open_dict, read_write
+
+        from emotrain.distributed import broadcast_object, init_distributed
+
+        info = init_distributed()
+        if not info.distributed:
+            return
+        run_dir = None
+        if info.is_main:
+            HydraConfig.instance().set_config(config)  # lets ${hydra:...} resolve inside run.dir
+            run_dir = str(OmegaConf.select(config, "hydra.run.dir"))
+        run_dir = broadcast_object(run_dir)
+        with read_write(config.hydra), open_dict(config.hydra):
+            config.hydra.run.dir = run_dir
+            if not info.is_main:
+                config.hydra.output_subdir = None
+                _quiet_job_logging(config.hydra.job_logging, info.rank)
+
+    def on_multirun_start(self, config, **kwargs) -> None:
+        from hydra.errors import CompactHydraException
+
+        raise CompactHydraException(
+            "emotrain: torchrun with -m/--multirun is not supported (every rank would run the whole sweep); "
+            "launch one torchrun per job (e.g. from a shell loop)"
+        )

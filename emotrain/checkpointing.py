@@ -17,15 +17,12 @@ from __future__ import annotations
 
 import datetime as _dt
 import enum
-import errno
 import json
 import logging
 import math
 import os
 import pickle
 import re
-import shutil
-import tempfile
 import warnings
 from collections.abc import Mapping
 from pathlib import Path
@@ -33,19 +30,18 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from emotrain.config import check_range, choice
+from emotrain.config import check_range, flatten_dict
 from emotrain.console import FILE_ONLY
 from emotrain.data.types import TaskSpec
 from emotrain.errors import CheckpointError, ConfigError
-from emotrain.io import atomic_write, finite_or_none, json_safe, publish_modes, write_json
+from emotrain.io import atomic_write
 from emotrain.reproducibility import capture_rng_state, git_info, library_versions, restore_rng_state
+from emotrain.utils import one_line, os_error_advice
 
 log = logging.getLogger(__name__)
 
 FORMAT = "emotrain-checkpoint"
 FORMAT_VERSION = 1
-EXPORT_FORMAT = "emotrain-model"
-EXPORT_META = "emotrain_model.json"
 CHECKPOINT_DIR = "checkpoints"
 _NAME_RE = re.compile(r"_(\d{8}_\d{6})_epoch(\d+)_loss")
 # checkpoint.prefix starts every checkpoint's file name: a plain name, never a path.
@@ -64,12 +60,12 @@ def validate_checkpoint_config(ckpt_cfg) -> None:
     check_range("checkpoint.save_top_k", ckpt_cfg.save_top_k, ge=-1, integer=True)
     check_prefix(ckpt_cfg.prefix)
 
+
 __all__ = [
-    "CheckpointManager",
     "CheckpointWriteError",
-    "export_model",
+    "check_resume_compatible",
     "load_checkpoint",
-    "load_exported_model",
+    "read_checkpoint",
     "resolve_checkpoint",
     "save_checkpoint",
 ]
@@ -78,10 +74,11 @@ __all__ = [
 # --------------------------------------------------------------------------- helpers
 
 
-def _plain(obj, keep_tuples: bool = False):
+def _storable(obj, keep_tuples: bool = False):
     """Recursively convert to types torch.load(weights_only=True) accepts: dict/list/str/num/bool/None/tensor.
 
-    keep_tuples: keep tuples (and int dict keys) as they are - for torch state dicts, which load_state_dict expects verbatim.
+    keep_tuples: keep tuples (and int dict keys) as they are - for torch state dicts, which load_state_dict
+    expects verbatim.
     """
     try:
         from omegaconf import DictConfig, ListConfig, OmegaConf
@@ -93,7 +90,7 @@ def _plain(obj, keep_tuples: bool = False):
     if obj is None or isinstance(obj, (bool, int, float, str, torch.Tensor, torch.dtype, torch.device, torch.Size)):
         return obj
     if isinstance(obj, enum.Enum):
-        return _plain(obj.value)
+        return _storable(obj.value)
     if isinstance(obj, np.ndarray):
         return torch.from_numpy(np.ascontiguousarray(obj)) if obj.dtype.kind in "biuf" else obj.tolist()
     if isinstance(obj, np.generic):
@@ -103,13 +100,13 @@ def _plain(obj, keep_tuples: bool = False):
     if isinstance(obj, TaskSpec):
         return obj.to_dict()
     if isinstance(obj, Mapping):
-        return {(k if isinstance(k, (str, int)) else str(k)): _plain(v, keep_tuples) for k, v in obj.items()}
+        return {(k if isinstance(k, (str, int)) else str(k)): _storable(v, keep_tuples) for k, v in obj.items()}
     if isinstance(obj, tuple) and keep_tuples:
-        return tuple(_plain(v, keep_tuples) for v in obj)
+        return tuple(_storable(v, keep_tuples) for v in obj)
     if isinstance(obj, (list, tuple, set, frozenset)):
-        return [_plain(v, keep_tuples) for v in obj]
+        return [_storable(v, keep_tuples) for v in obj]
     if hasattr(obj, "to_dict"):
-        return _plain(obj.to_dict())
+        return _storable(obj.to_dict())
     raise TypeError(f"cannot store a {type(obj).__name__} in a checkpoint; convert it to plain types or tensors")
 
 
@@ -121,19 +118,6 @@ def _unwrap(model: torch.nn.Module) -> torch.nn.Module:
             break
         model = inner
     return model
-
-
-def _one_line(text: str) -> str:
-    return " ".join(str(text).split())
-
-
-def _cfg_get(cfg, dotted: str, default=None):
-    node = cfg
-    for part in dotted.split("."):
-        if not isinstance(node, Mapping) or part not in node:
-            return default
-        node = node[part]
-    return default if node is None else node
 
 
 class CheckpointWriteError(CheckpointError, OSError):
@@ -156,18 +140,14 @@ def _write_error(path: Path, e: BaseException, action: str) -> CheckpointWriteEr
     os_error = _os_error_in(e)
     if os_error is None:
         return None
-    reason = os_error.strerror or _one_line(os_error) or type(os_error).__name__
-    if os_error.errno in (errno.ENOSPC, getattr(errno, "EDQUOT", -1)):
-        fix = "free disk space or write the run elsewhere (hydra.run.dir=DIR)"
-    elif os_error.errno in (errno.EACCES, errno.EPERM, errno.EROFS):
-        fix = "make the directory writable or write the run elsewhere (hydra.run.dir=DIR)"
-    elif os_error.errno in (errno.ENOTDIR, errno.EEXIST):
-        fix = "part of that path is a file, not a directory; write the run elsewhere (hydra.run.dir=DIR)"
-    else:
-        fix = "check the disk and the directory, or write the run elsewhere (hydra.run.dir=DIR)"
+    reason = os_error.strerror or one_line(os_error) or type(os_error).__name__
+    fix = os_error_advice(os_error.errno)
     directory = path if path.name == CHECKPOINT_DIR else path.parent
     if (directory / "last.json").is_file():
-        kept = f"checkpoints saved before are intact ({directory / 'last.json'} points to the newest): continue with resume={directory.parent}"
+        kept = (
+            f"checkpoints saved before are intact ({directory / 'last.json'} points to the newest): "
+            f"continue with resume={directory.parent}"
+        )
     else:
         kept = "no earlier checkpoint of this run"
     error = CheckpointWriteError(f"cannot {action} {path}: {reason}; {fix}. {kept}")
@@ -180,6 +160,43 @@ def _checkpoint_name(prefix: str, stamp: str, epoch: int, val_loss) -> str:
     return f"{prefix}_{stamp}_epoch{int(epoch):03d}_loss{loss}"
 
 
+# --------------------------------------------------------------------------- resume
+
+# Config keys that change the model's shape or tasks: a resume with other values is refused.
+SHAPE_KEYS = (
+    "backbone.kind",
+    "backbone.name",
+    "backbone.path",
+    "backbone.hidden_size",
+    "backbone.num_layers",
+    "backbone.num_heads",
+    "backbone.intermediate_size",
+    "backbone.pooling",
+)
+
+
+def check_resume_compatible(
+    saved: dict, current: dict, saved_tasks: list[dict], current_tasks: list[dict]
+) -> list[str]:
+    """ConfigError on changes to the model's shape or tasks between a checkpoint and the run resuming it; returns
+    the other changed config keys (to log)."""
+    a, b = flatten_dict(saved), flatten_dict(current)
+    changed = sorted(
+        k for k in set(a) | set(b) if a.get(k) != b.get(k) and not k.startswith("paths.") and k != "resume"
+    )
+    # A shape key counts where the current option has it: checkpoints from before per-option schemas list the
+    # tiny backbone's sizes for every backbone.
+    shape = [k for k in changed if k in SHAPE_KEYS and k in b]
+    if saved_tasks != current_tasks:
+        shape.append("tasks (names, labels or multi-label flags)")
+    if shape:
+        raise ConfigError(
+            f"resume: the checkpoint was trained with a different model shape or tasks ({', '.join(shape)}); use the "
+            "same settings as that run"
+        )
+    return changed
+
+
 # --------------------------------------------------------------------------- save / load
 
 
@@ -188,11 +205,27 @@ def _encoder_config(config) -> dict | None:
     if hasattr(config, "to_json_string"):
         return json.loads(config.to_json_string(use_diff=False))
     if hasattr(config, "to_dict"):
-        return _plain(config.to_dict())
+        return _storable(config.to_dict())
     return None
 
 
-def _build_checkpoint(model, optimizer, scheduler, epoch, val_loss, val_metrics, hyperparameters, *, global_step, scaler_state, tasks, extra, monitor, now):
+def _build_checkpoint(
+    model,
+    optimizer,
+    scheduler,
+    epoch,
+    val_loss,
+    val_metrics,
+    hyperparameters,
+    *,
+    global_step,
+    scaler_state,
+    tasks,
+    extra,
+    monitor,
+    now,
+    model_info=None,
+):
     bare = _unwrap(model)
     if tasks is None:
         tasks = getattr(bare, "tasks", None) or []
@@ -202,37 +235,69 @@ def _build_checkpoint(model, optimizer, scheduler, epoch, val_loss, val_metrics,
         "format": FORMAT,
         "format_version": FORMAT_VERSION,
         "model": bare.state_dict(),
-        "optimizer": None if optimizer is None else _plain(optimizer.state_dict(), keep_tuples=True),
-        "scheduler": None if scheduler is None else _plain(scheduler.state_dict(), keep_tuples=True),
-        "scaler": None if scaler_state is None else _plain(scaler_state, keep_tuples=True),
+        "optimizer": None if optimizer is None else _storable(optimizer.state_dict(), keep_tuples=True),
+        "scheduler": None if scheduler is None else _storable(scheduler.state_dict(), keep_tuples=True),
+        "scaler": None if scaler_state is None else _storable(scaler_state, keep_tuples=True),
         "epoch": int(epoch),
         "global_step": int(global_step),
         "val_loss": None if val_loss is None else float(val_loss),
-        "val_metrics": _plain(dict(val_metrics or {})),
-        "hyperparameters": _plain(hyperparameters if hyperparameters is not None else {}),
-        "tasks": [_plain(t) for t in tasks],
+        "val_metrics": _storable(dict(val_metrics or {})),
+        "hyperparameters": _storable(hyperparameters if hyperparameters is not None else {}),
+        "tasks": [_storable(t) for t in tasks],
         "encoder_config": _encoder_config(encoder_cfg),
         "model_info": {
             "class": type(bare).__name__,
             "encoder_class": type(getattr(bare, "encoder", None)).__name__ if hasattr(bare, "encoder") else None,
             "pooling": getattr(bare, "pooling", None),
             "dropout": float(dropout.p) if isinstance(dropout, torch.nn.Dropout) else None,
+            # The caller's model facts (max_length, preprocess, primary_task, backbone, tokenizer_dir): what loading the
+            # model needs, stored explicitly so that no reader depends on config key paths.
+            **_storable(dict(model_info or {})),
         },
-        "monitor": _plain(monitor),
+        "monitor": _storable(monitor),
         "timestamp": now.isoformat(timespec="seconds"),
         "git": git_info(),
         "versions": library_versions(),
         "rng": capture_rng_state(),
-        "extra": _plain(dict(extra or {})),
+        "extra": _storable(dict(extra or {})),
     }
 
 
-def _save(model, optimizer, scheduler, epoch, val_loss, val_metrics, hyperparameters, output_dir, prefix, *, global_step=0, scaler_state=None, tasks=None, extra=None, monitor=None) -> Path:
+def _save(
+    model,
+    optimizer,
+    scheduler,
+    epoch,
+    val_loss,
+    val_metrics,
+    hyperparameters,
+    output_dir,
+    prefix,
+    *,
+    global_step=0,
+    scaler_state=None,
+    tasks=None,
+    extra=None,
+    monitor=None,
+    model_info=None,
+) -> Path:
     check_prefix(prefix, "prefix")
     now = _dt.datetime.now().astimezone()
     ckpt = _build_checkpoint(
-        model, optimizer, scheduler, epoch, val_loss, val_metrics, hyperparameters,
-        global_step=global_step, scaler_state=scaler_state, tasks=tasks, extra=extra, monitor=monitor, now=now,
+        model,
+        optimizer,
+        scheduler,
+        epoch,
+        val_loss,
+        val_metrics,
+        hyperparameters,
+        global_step=global_step,
+        scaler_state=scaler_state,
+        tasks=tasks,
+        extra=extra,
+        monitor=monitor,
+        now=now,
+        model_info=model_info,
     )
     directory = Path(output_dir) / CHECKPOINT_DIR
     try:
@@ -256,36 +321,78 @@ def _save(model, optimizer, scheduler, epoch, val_loss, val_metrics, hyperparame
     return path
 
 
-def save_checkpoint(model, optimizer, scheduler, epoch, val_loss, val_metrics, hyperparameters, output_dir, prefix="emotrain", *, global_step=0, scaler_state=None, tasks=None, extra=None) -> Path:
-    """Write `output_dir/checkpoints/{prefix}_{YYYYMMDD_HHMMSS}_epoch{NNN}_loss{X.XXXX}.pt` atomically; returns its path.
+def save_checkpoint(
+    model,
+    optimizer,
+    scheduler,
+    epoch,
+    val_loss,
+    val_metrics,
+    hyperparameters,
+    output_dir,
+    prefix="emotrain",
+    *,
+    global_step=0,
+    scaler_state=None,
+    tasks=None,
+    extra=None,
+    model_info=None,
+) -> Path:
+    """Write `output_dir/checkpoints/{prefix}_{YYYYMMDD_HHMMSS}_epoch{NNN}_loss{X.XXXX}.pt` atomically;
+    returns its path.
 
     `hyperparameters`: the resolved config (dict or DictConfig); `scaler_state`: MixedPrecisionTrainer.state_dict()
-    or GradScaler.state_dict(); `tasks`: TaskSpecs (default: model.tasks); `extra`: caller state (plain types/tensors).
+    or GradScaler.state_dict(); `tasks`: TaskSpecs (default: model.tasks); `extra`: caller state (plain types/tensors);
+    `model_info`: model facts stored with the model's own (max_length, preprocess, primary_task, backbone,
+    tokenizer_dir).
     """
-    return _save(model, optimizer, scheduler, epoch, val_loss, val_metrics, hyperparameters, output_dir, prefix,
-                 global_step=global_step, scaler_state=scaler_state, tasks=tasks, extra=extra)
+    return _save(
+        model,
+        optimizer,
+        scheduler,
+        epoch,
+        val_loss,
+        val_metrics,
+        hyperparameters,
+        output_dir,
+        prefix,
+        global_step=global_step,
+        scaler_state=scaler_state,
+        tasks=tasks,
+        extra=extra,
+        model_info=model_info,
+    )
 
 
-def _read_checkpoint(path: Path, map_location) -> dict:
+def read_checkpoint(path: Path, map_location) -> dict:
     if not path.exists():
-        raise CheckpointError(f"checkpoint not found: {path}; check the path (a .pt file, a checkpoints/ directory or a run directory)")
+        raise CheckpointError(
+            f"checkpoint not found: {path}; check the path (a .pt file, a checkpoints/ directory or a run directory)"
+        )
     if not path.is_file():
-        raise CheckpointError(f"{path}: not a file; pass a checkpoint file, a checkpoints/ directory or a run directory")
+        raise CheckpointError(
+            f"{path}: not a file; pass a checkpoint file, a checkpoints/ directory or a run directory"
+        )
     if path.stat().st_size == 0:
-        raise CheckpointError(f"{path}: empty file, not a checkpoint (interrupted copy?); delete it and use another checkpoint")
+        raise CheckpointError(
+            f"{path}: empty file, not a checkpoint (interrupted copy?); delete it and use another checkpoint"
+        )
     try:
         with warnings.catch_warnings():
             warnings.simplefilter("ignore")
             ckpt = torch.load(path, map_location=map_location, weights_only=True)
     except pickle.UnpicklingError:
         raise CheckpointError(
-            f"{path}: refused by the safe loader (weights_only=True): it needs Python objects beyond tensors and plain types, "
-            "so it is not an emotrain checkpoint; only if you trust its source, load it yourself and re-save with emotrain.checkpointing.save_checkpoint"
+            f"{path}: refused by the safe loader (weights_only=True): it needs Python objects beyond tensors and "
+            "plain types, "
+            "so it is not an emotrain checkpoint; only if you trust its source, load it yourself and re-save with "
+            "emotrain.checkpointing.save_checkpoint"
         ) from None
     except Exception as e:  # truncated zip, text file, foreign zip, ...
-        reason = _one_line(e).split(". ")[0][:120] or "-"
+        reason = one_line(e).split(". ")[0][:120] or "-"
         raise CheckpointError(
-            f"{path}: not a readable checkpoint (truncated, corrupt or not a torch file: {type(e).__name__}: {reason}); "
+            f"{path}: not a readable checkpoint (truncated, corrupt or not a torch file: {type(e).__name__}: "
+            f"{reason}); "
             "use another checkpoint, e.g. the one checkpoints/last.json points to"
         ) from None
     if not isinstance(ckpt, dict) or ckpt.get("format") != FORMAT:
@@ -295,11 +402,14 @@ def _read_checkpoint(path: Path, map_location) -> dict:
         )
     version = ckpt.get("format_version")
     if not isinstance(version, int) or version > FORMAT_VERSION:
-        raise CheckpointError(f"{path}: checkpoint format version {version} is newer than this emotrain supports ({FORMAT_VERSION}); upgrade emotrain")
+        raise CheckpointError(
+            f"{path}: checkpoint format version {version} is newer than this emotrain supports ({FORMAT_VERSION}); "
+            "upgrade emotrain"
+        )
     return ckpt
 
 
-def _check_state_dict(path: Path, model: torch.nn.Module, state: dict) -> None:
+def check_state_dict(path: Path, model: torch.nn.Module, state: dict) -> None:
     own = model.state_dict()
     missing = [k for k in own if k not in state]
     unexpected = [k for k in state if k not in own]
@@ -308,7 +418,8 @@ def _check_state_dict(path: Path, model: torch.nn.Module, state: dict) -> None:
         example = (shapes or missing or unexpected)[0]
         raise CheckpointError(
             f"{path}: weights do not match the model ({len(missing)} missing, {len(unexpected)} unexpected, "
-            f"{len(shapes)} with other shapes, e.g. {example}); build the model with the checkpoint's backbone and tasks"
+            f"{len(shapes)} with other shapes, e.g. {example}); build the model with the checkpoint's backbone and "
+            "tasks"
         )
 
 
@@ -323,7 +434,9 @@ def _load_scaler(scaler, state) -> None:
         scaler.load_state_dict(state if ("scaler" in state or "skipped_steps" in state) else {"scaler": state})
 
 
-def load_checkpoint(path, model=None, optimizer=None, scheduler=None, scaler=None, *, map_location="cpu", restore_rng=False) -> dict:
+def load_checkpoint(
+    path, model=None, optimizer=None, scheduler=None, scaler=None, *, map_location="cpu", restore_rng=False
+) -> dict:
     """Load a checkpoint safely (weights_only=True) into the given objects; returns the whole checkpoint dict.
 
     `path` may also be a checkpoints/ or run directory (its last checkpoint). `scaler`: a GradScaler or a
@@ -333,22 +446,26 @@ def load_checkpoint(path, model=None, optimizer=None, scheduler=None, scaler=Non
     path = Path(path)
     if path.is_dir():
         path = resolve_checkpoint(path)
-    ckpt = _read_checkpoint(path, map_location)
+    ckpt = read_checkpoint(path, map_location)
     try:
         if model is not None:
             state = ckpt.get("model")
             if not isinstance(state, Mapping):
                 raise CheckpointError(f"{path}: has no model weights; use a checkpoint written by save_checkpoint")
             bare = _unwrap(model)
-            _check_state_dict(path, bare, state)
+            check_state_dict(path, bare, state)
             bare.load_state_dict(state)
         if optimizer is not None:
             if ckpt.get("optimizer") is None:
-                raise CheckpointError(f"{path}: has no optimizer state; resume from a checkpoint saved with an optimizer")
+                raise CheckpointError(
+                    f"{path}: has no optimizer state; resume from a checkpoint saved with an optimizer"
+                )
             optimizer.load_state_dict(ckpt["optimizer"])
         if scheduler is not None:
             if ckpt.get("scheduler") is None:
-                raise CheckpointError(f"{path}: has no scheduler state; resume from a checkpoint saved with a scheduler")
+                raise CheckpointError(
+                    f"{path}: has no scheduler state; resume from a checkpoint saved with a scheduler"
+                )
             scheduler.load_state_dict(ckpt["scheduler"])
         if scaler is not None:
             _load_scaler(scaler, ckpt.get("scaler"))
@@ -356,7 +473,7 @@ def load_checkpoint(path, model=None, optimizer=None, scheduler=None, scaler=Non
         raise
     except (ValueError, KeyError, RuntimeError, TypeError) as e:
         raise CheckpointError(
-            f"{path}: state does not fit the given objects ({type(e).__name__}: {_one_line(e)[:200]}); "
+            f"{path}: state does not fit the given objects ({type(e).__name__}: {one_line(e)[:200]}); "
             "build optimizer/scheduler the same way as the run that saved it"
         ) from None
     if restore_rng and ckpt.get("rng"):
@@ -374,8 +491,8 @@ def update_checkpoint_extra(path, updates: dict) -> Path:
     Used for what is only known after training, e.g. the decision thresholds tuned on val.
     """
     path = Path(path)
-    ckpt = _read_checkpoint(path, "cpu")
-    ckpt["extra"] = {**(ckpt.get("extra") or {}), **_plain(dict(updates))}
+    ckpt = read_checkpoint(path, "cpu")
+    ckpt["extra"] = {**(ckpt.get("extra") or {}), **_storable(dict(updates))}
     atomic_write(path, lambda fh: torch.save(ckpt, fh), binary=True)
     return path
 
@@ -397,258 +514,31 @@ def resolve_checkpoint(path, which: str = "last") -> Path:
     if path.is_file():
         return path
     if not path.exists():
-        raise CheckpointError(f"checkpoint not found: {path}; pass a checkpoint file, a checkpoints/ directory or a run directory")
+        raise CheckpointError(
+            f"checkpoint not found: {path}; pass a checkpoint file, a checkpoints/ directory or a run directory"
+        )
     directory = _checkpoint_dir(path)
     pointer = directory / f"{which}.json"
     if pointer.is_file():
         try:
             name = json.loads(pointer.read_text(encoding="utf-8"))["path"]
         except (OSError, ValueError, KeyError, TypeError) as e:
-            raise CheckpointError(f"{pointer}: unreadable pointer file ({type(e).__name__}); delete it or pass a checkpoint file directly") from None
+            raise CheckpointError(
+                f"{pointer}: unreadable pointer file ({type(e).__name__}); delete it or pass a checkpoint file directly"
+            ) from None
         target = directory / Path(str(name)).name
         if not target.is_file():
-            raise CheckpointError(f"{pointer} points to {target.name}, which does not exist; pass a checkpoint file from {directory} directly")
+            raise CheckpointError(
+                f"{pointer} points to {target.name}, which does not exist; pass a checkpoint file from {directory} "
+                "directly"
+            )
         return target
     if which == "best":
-        raise CheckpointError(f"no best checkpoint in {directory} (no best.json; save_top_k=0 keeps only the last); use which='last' or a file")
+        raise CheckpointError(
+            f"no best checkpoint in {directory} (no best.json; save_top_k=0 keeps only the last); use which='last' "
+            "or a file"
+        )
     files = sorted((p for p in directory.glob("*.pt") if p.is_file()), key=_sort_key)
     if not files:
         raise CheckpointError(f"no checkpoints in {directory}; train with checkpointing on, or pass a checkpoint file")
     return files[-1]
-
-
-class CheckpointManager:
-    """Saves checkpoints under `output_dir/checkpoints/`, keeps the `save_top_k` best by `monitor` plus the last.
-
-    save_top_k: 0 keeps only the last, -1 keeps all. Maintains best.json / last.json pointers and index.json;
-    a new manager on the same directory picks up the kept checkpoints from index.json (resume).
-    """
-
-    def __init__(self, output_dir, prefix: str = "emotrain", save_top_k: int = 1, monitor: str = "loss", mode: str = "min"):
-        mode = choice(mode)
-        if mode not in ("min", "max"):
-            raise CheckpointError(f"mode={mode!r}: use 'min' or 'max'")
-        if save_top_k < -1:
-            raise CheckpointError(f"save_top_k={save_top_k}: use -1 (keep all), 0 (only last) or a positive count")
-        self.output_dir = Path(output_dir)
-        self.dir = self.output_dir / CHECKPOINT_DIR
-        self.prefix, self.save_top_k, self.monitor, self.mode = prefix, int(save_top_k), monitor, mode
-        self.records: list[dict] = []  # {"path": name, "epoch", "global_step", "value"} of kept checkpoints, oldest first
-        self._load_index()
-
-    # -- bookkeeping
-    def _load_index(self) -> None:
-        index = self.dir / "index.json"
-        if not index.is_file():
-            return
-        try:
-            data = json.loads(index.read_text(encoding="utf-8"))
-        except (OSError, ValueError) as e:
-            log.warning("ignoring unreadable %s (%s)", index, e)
-            return
-        if data.get("monitor") != self.monitor or data.get("mode") != self.mode:
-            log.warning("%s tracks %s/%s, this run %s/%s: earlier checkpoints are kept but not ranked", index, data.get("monitor"), data.get("mode"), self.monitor, self.mode)
-            return
-        self.records = [r for r in data.get("checkpoints", []) if (self.dir / r["path"]).is_file()]
-
-    def _ranked(self) -> list[dict]:
-        scored = [r for r in self.records if r.get("value") is not None]
-        # Stable sort: among equal values the earlier checkpoint stays ahead.
-        return sorted(scored, key=lambda r: r["value"], reverse=(self.mode == "max"))
-
-    @property
-    def last(self) -> dict | None:
-        return self.records[-1] if self.records else None
-
-    @property
-    def best(self) -> dict | None:
-        ranked = self._ranked()
-        return ranked[0] if ranked and self.save_top_k != 0 else None
-
-    @property
-    def last_path(self) -> Path | None:
-        return self.dir / self.last["path"] if self.last else None
-
-    @property
-    def best_path(self) -> Path | None:
-        return self.dir / self.best["path"] if self.best else None
-
-    def _pointer(self, record: dict) -> dict:
-        return {**record, "monitor": self.monitor, "mode": self.mode}
-
-    # -- saving
-    def save(self, model, optimizer, scheduler, epoch, val_loss, val_metrics, hyperparameters, value=None, *, global_step=0, scaler_state=None, tasks=None, extra=None) -> Path:
-        """save_checkpoint + retention. `value`: the monitored value (default: val_metrics[monitor], or val_loss for "loss")."""
-        if value is None:
-            metrics = val_metrics or {}
-            if self.monitor in metrics:
-                value = metrics[self.monitor]
-            elif self.monitor == "loss":
-                value = val_loss
-            else:
-                raise CheckpointError(f"monitor={self.monitor}: not in val_metrics ({', '.join(map(str, metrics)) or 'empty'}); pass value= or a known metric")
-        value = finite_or_none(value)
-        path = _save(
-            model, optimizer, scheduler, epoch, val_loss, val_metrics, hyperparameters, self.output_dir, self.prefix,
-            global_step=global_step, scaler_state=scaler_state, tasks=tasks, extra=extra,
-            monitor={"name": self.monitor, "mode": self.mode, "value": value},
-        )
-        self.records.append({"path": path.name, "epoch": int(epoch), "global_step": int(global_step), "value": value})
-        keep = {id(self.records[-1])}
-        if self.save_top_k != 0:
-            ranked = self._ranked()
-            keep |= {id(r) for r in (ranked if self.save_top_k < 0 else ranked[: self.save_top_k])}
-        dropped = [r for r in self.records if id(r) not in keep]
-        self.records = [r for r in self.records if id(r) in keep]
-        # Pointers first, deletions last: a crash in between leaves extra files, never dangling pointers.
-        pointers = [("index.json", {"monitor": self.monitor, "mode": self.mode, "save_top_k": self.save_top_k, "checkpoints": self.records}), ("last.json", self._pointer(self.last))]
-        if self.best is not None:
-            pointers.append(("best.json", self._pointer(self.best)))
-        for name, content in pointers:
-            try:
-                write_json(self.dir / name, json_safe(content))
-            except OSError as e:
-                raise _write_error(self.dir / name, e, "update") from e
-        for r in dropped:
-            try:
-                (self.dir / r["path"]).unlink()
-            except FileNotFoundError:
-                pass
-        return path
-
-
-# --------------------------------------------------------------------------- export
-
-
-def export_model(checkpoint_path, out_dir, tokenizer, *, thresholds: dict | None = None) -> Path:
-    """Slim deployment export: config.json, model.safetensors, tokenizer files and emotrain_model.json in `out_dir`.
-
-    `checkpoint_path` may be a file, a checkpoints/ or a run directory (its best checkpoint if any, else last).
-    `thresholds` ({task: [per-label threshold]}) overrides the checkpoint's own (tuned after training ends).
-    """
-    from safetensors.torch import save_file
-
-    src = Path(checkpoint_path)
-    if src.is_dir():
-        try:
-            src = resolve_checkpoint(src, "best")
-        except CheckpointError:
-            src = resolve_checkpoint(src, "last")
-    ckpt = _read_checkpoint(src, "cpu")
-    if not ckpt.get("encoder_config"):
-        raise CheckpointError(f"{src}: has no encoder_config (the model had no .encoder.config); cannot export a Hugging Face config.json")
-    state = ckpt.get("model")
-    if not isinstance(state, Mapping) or not state:
-        raise CheckpointError(f"{src}: has no model weights; use a checkpoint written by save_checkpoint")
-    cfg = ckpt.get("hyperparameters") or {}
-    info = ckpt.get("model_info") or {}
-    extra = ckpt.get("extra") or {}
-    meta = {
-        "format": EXPORT_FORMAT,
-        "format_version": FORMAT_VERSION,
-        "tasks": ckpt.get("tasks") or [],
-        "primary_task": _cfg_get(cfg, "data.primary_task") or ((ckpt.get("tasks") or [{}])[0].get("name")),
-        "pooling": _cfg_get(cfg, "backbone.pooling", info.get("pooling") or "mean"),
-        "dropout": _cfg_get(cfg, "trainer.dropout", info.get("dropout") if info.get("dropout") is not None else 0.1),
-        "max_length": _cfg_get(cfg, "backbone.max_length"),
-        "preprocess": _cfg_get(cfg, "data.preprocess", {}),
-        "thresholds": thresholds if thresholds is not None else extra.get("thresholds"),
-        "backbone": _cfg_get(cfg, "backbone.name"),
-        "source_checkpoint": str(src.resolve()),
-        "epoch": ckpt.get("epoch"),
-        "global_step": ckpt.get("global_step"),
-        "val_loss": ckpt.get("val_loss"),
-        "val_metrics": ckpt.get("val_metrics"),
-        "checkpoint_timestamp": ckpt.get("timestamp"),
-        "exported_at": _dt.datetime.now().astimezone().isoformat(timespec="seconds"),
-        "git": ckpt.get("git"),
-        "versions": ckpt.get("versions"),
-        "export_versions": library_versions(),
-    }
-    out_dir = Path(out_dir)
-    out_dir.mkdir(parents=True, exist_ok=True)
-    # Build everything in a staging dir next to out_dir, then move files in; emotrain_model.json goes last.
-    staging = Path(tempfile.mkdtemp(prefix=f".{out_dir.name}.", suffix=".tmp", dir=out_dir.parent))
-    try:
-        write_json(staging / "config.json", json_safe(ckpt["encoder_config"]))
-        # clone(): safetensors refuses tensors that share storage (tied weights).
-        tensors = {k: v.detach().cpu().contiguous().clone() for k, v in state.items()}
-        save_file(tensors, str(staging / "model.safetensors"), metadata={"format": "pt"})
-        tokenizer.save_pretrained(str(staging))
-        write_json(staging / EXPORT_META, json_safe(meta))
-        publish_modes(staging)
-        names = sorted((p for p in staging.iterdir() if p.name != EXPORT_META), key=lambda p: p.name) + [staging / EXPORT_META]
-        for p in names:
-            target = out_dir / p.name
-            if p.is_dir():
-                if target.exists():
-                    shutil.rmtree(target)
-            os.replace(p, target)
-    finally:
-        shutil.rmtree(staging, ignore_errors=True)
-    log.info("exported %s to %s", src, out_dir, extra=FILE_ONLY)
-    return out_dir
-
-
-def load_exported_model(directory):
-    """Rebuild (MultiTaskModel in eval mode, tokenizer, meta) from an export_model directory, offline."""
-    from safetensors import SafetensorError
-    from safetensors.torch import load_file
-    from transformers import AutoConfig, AutoModel, AutoTokenizer
-
-    from emotrain.models.multitask import MultiTaskModel
-
-    directory = Path(directory)
-    if not directory.is_dir():
-        raise CheckpointError(f"exported model not found: {directory}; pass the directory export_model wrote")
-    for name in (EXPORT_META, "config.json", "model.safetensors"):
-        if not (directory / name).is_file():
-            raise CheckpointError(f"{directory / name}: missing; re-run export_model into {directory}")
-    meta_path = directory / EXPORT_META
-    try:
-        meta = json.loads(meta_path.read_text(encoding="utf-8"))
-        if meta.get("format") != EXPORT_FORMAT:
-            raise ValueError("no format marker")
-        tasks = [TaskSpec.from_dict(t) for t in meta["tasks"]]
-    except (OSError, ValueError, KeyError, TypeError) as e:
-        raise CheckpointError(f"{meta_path}: unreadable or not an emotrain export ({type(e).__name__}: {_one_line(e)[:120]}); re-run export_model") from None
-    if not tasks:
-        raise CheckpointError(f"{meta_path}: lists no tasks; re-run export_model")
-    try:
-        with warnings.catch_warnings():
-            warnings.simplefilter("ignore")
-            config = AutoConfig.from_pretrained(str(directory), local_files_only=True)
-            encoder = AutoModel.from_config(config)
-    except Exception as e:
-        raise CheckpointError(f"{directory / 'config.json'}: cannot build the encoder ({type(e).__name__}: {_one_line(e)[:160]}); re-run export_model") from None
-    weights_path = directory / "model.safetensors"
-    try:
-        state = load_file(str(weights_path))
-    except (SafetensorError, OSError, ValueError, RuntimeError) as e:
-        raise CheckpointError(f"{weights_path}: unreadable weights (truncated or corrupt: {_one_line(e)[:120]}); re-run export_model") from None
-    heads = {k.split(".")[1] for k in state if k.startswith("heads.")}
-    names = [t.name for t in tasks]
-    if heads != set(names):
-        raise CheckpointError(f"{weights_path}: heads {sorted(heads)} do not match the tasks {names} in {EXPORT_META}; re-run export_model")
-    for t in tasks:
-        w = state.get(f"heads.{t.name}.weight")
-        if w is None or w.shape[0] != t.num_labels:
-            got = None if w is None else w.shape[0]
-            raise CheckpointError(f"{weights_path}: head '{t.name}' has {got} outputs but {EXPORT_META} lists {t.num_labels} labels; re-run export_model")
-    model = MultiTaskModel(encoder, tasks, pooling=meta.get("pooling") or "mean", dropout=float(meta.get("dropout") or 0.0))
-    # AutoModel builds BERT with a pooler; drop it when the trained encoder had none (it is unused anyway).
-    own = model.state_dict()
-    if getattr(model.encoder, "pooler", None) is not None and not any(k.startswith("encoder.pooler.") for k in state):
-        if all(k.startswith("encoder.pooler.") for k in own if k not in state):
-            model.encoder.pooler = None
-    try:
-        _check_state_dict(weights_path, model, state)
-        model.load_state_dict(state)
-    except RuntimeError as e:
-        raise CheckpointError(f"{weights_path}: weights do not fit config.json ({_one_line(e)[:160]}); re-run export_model") from None
-    try:
-        tokenizer = AutoTokenizer.from_pretrained(str(directory), local_files_only=True)
-    except Exception as e:
-        raise CheckpointError(f"{directory}: cannot load the tokenizer files ({type(e).__name__}: {_one_line(e)[:120]}); re-run export_model") from None
-    model.eval()
-    return model, tokenizer, meta

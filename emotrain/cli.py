@@ -33,12 +33,13 @@ from omegaconf.errors import ConfigAttributeError, ConfigKeyError, OmegaConfBase
 
 import emotrain.config  # noqa: F401  (registers the structured-config schemas)
 from emotrain import distributed as ddp
-from emotrain.callbacks import SweepJobFailed  # also registers the config resolvers
+from emotrain.callbacks import SweepJobFailed, hydra_argv  # also registers the config resolvers
 from emotrain.config import unknown_key_message
 from emotrain.console import FILE_ONLY
 from emotrain.errors import EmotrainError, TrainingDiverged, TrainingInterrupted
 from emotrain.io import write_json
 from emotrain.rundir import claim_run_dir
+from emotrain.utils import one_line, os_error_advice
 
 log = logging.getLogger("emotrain")
 
@@ -57,27 +58,17 @@ def _full_error() -> bool:
     return os.environ.get("HYDRA_FULL_ERROR") == "1"
 
 
-def _one_line(text: str) -> str:
-    return " ".join(str(text).split()) if ("\n" in str(text) or "\r" in str(text)) else str(text)
-
-
 def os_error_message(e: OSError, *, run_dir: bool = False) -> str:
     """One line for an OSError: the path, what went wrong, what to do."""
     where = e.filename if e.filename is not None else "a file"
     if e.filename2 is not None:
         where = f"{where} -> {e.filename2}"
     what = e.strerror or type(e).__name__
-    code = e.errno
-    if code in (errno.ENOSPC, getattr(errno, "EDQUOT", -1)):
-        fix = "free disk space or write somewhere with room (hydra.run.dir=DIR); a run stopped by this continues with resume=<its run dir>"
-    elif code in (errno.EACCES, errno.EPERM, errno.EROFS):
-        fix = "fix the permissions or use another location (hydra.run.dir=DIR for the run directory)"
-    elif code in (errno.ENOTDIR, errno.EEXIST):
-        fix = "part of that path is a file, not a directory; choose another location (hydra.run.dir=DIR, paths.output_dir, paths.cache_dir)"
-    elif run_dir:
-        fix = "check that the run directory can be created and written (hydra.run.dir=DIR, or hydra.sweep.dir=DIR with -m)"
-    else:
-        fix = "check the path, its permissions and the free disk space"
+    fix = os_error_advice(
+        e.errno, where="hydra.run.dir=DIR, or hydra.sweep.dir=DIR with -m" if run_dir else "hydra.run.dir=DIR"
+    )
+    if e.errno in (errno.ENOSPC, getattr(errno, "EDQUOT", -1)):
+        fix += "; a run stopped by this continues with resume=<its run dir>"
     if run_dir:
         return f"cannot write the run directory: {where}: {what}; {fix}"
     return f"{where}: {what}; {fix}"
@@ -128,7 +119,12 @@ def _unknown_key_line(ex: BaseException) -> str | None:
     cause = ex.__cause__ if isinstance(ex.__cause__, missing_key) else ex if isinstance(ex, missing_key) else None
     schema = getattr(cause, "object_type", None)
     full_key, key = getattr(cause, "full_key", None), getattr(cause, "key", None)
-    if cause is None or not dataclasses.is_dataclass(schema) or not full_key or key in {f.name for f in dataclasses.fields(schema)}:
+    if (
+        cause is None
+        or not dataclasses.is_dataclass(schema)
+        or not full_key
+        or key in {f.name for f in dataclasses.fields(schema)}
+    ):
         return None
     return unknown_key_message(str(full_key), schema)
 
@@ -165,7 +161,7 @@ def _prefix() -> str:
 
 
 def _usage_exit(message: str):
-    print(f"{_prefix()}error: {_one_line(message)}", file=sys.stderr, flush=True)
+    print(f"{_prefix()}error: {one_line(message)}", file=sys.stderr, flush=True)
     sys.exit(USAGE_ERROR)
 
 
@@ -181,7 +177,7 @@ def _write_status(out_dir: Path, status: dict) -> None:
 def error_message(e: BaseException) -> str:
     """The one line a user sees for an error that stopped a run."""
     if isinstance(e, EmotrainError):
-        return _one_line(e)
+        return one_line(e)
     if isinstance(e, OSError):
         return os_error_message(e)
     return hydra_error_line(e)  # a config value that cannot be resolved (e.g. ${oc.env:...} of an unset variable)
@@ -199,12 +195,22 @@ def record_run(cfg: DictConfig, overrides: list[str], out_dir: Path) -> dict:
         ddp.barrier()  # data parallel: no rank exits before rank 0 has written its outputs
         return results
     except TrainingInterrupted as e:
-        _write_status(out_dir, {"status": "interrupted", "checkpoint": str(e.checkpoint), "message": str(e), "overrides": overrides})
+        _write_status(
+            out_dir,
+            {"status": "interrupted", "checkpoint": str(e.checkpoint), "message": str(e), "overrides": overrides},
+        )
         log.warning("%s", e, extra=FILE_ONLY)
         raise
     except (EmotrainError, OSError, OmegaConfBaseException) as e:
         message = error_message(e)
-        _write_status(out_dir, {"status": "diverged" if isinstance(e, TrainingDiverged) else "failed", "error": message, "overrides": overrides})
+        _write_status(
+            out_dir,
+            {
+                "status": "diverged" if isinstance(e, TrainingDiverged) else "failed",
+                "error": message,
+                "overrides": overrides,
+            },
+        )
         log.error("%s", message, extra=FILE_ONLY)  # the log file keeps it; the console gets the one stderr line
         raise
     except KeyboardInterrupt:
@@ -224,8 +230,13 @@ def hydra_main(cfg: DictConfig) -> float | None:
     overrides = [str(o) for o in OmegaConf.to_container(hc.overrides.task, resolve=False)]
     out_dir = Path(hc.runtime.output_dir)
     try:
-        # A multirun job claims its own directory here (a single run's was claimed by RunDirGuard before Hydra wrote to it).
-        job_lock = claim_run_dir(out_dir, resume=cfg.get("resume"), root_dir=Path.cwd()) if hc.mode == RunMode.MULTIRUN else None
+        # A multirun job claims its own directory here (a single run's was claimed by RunDirGuard before Hydra
+        # wrote to it).
+        job_lock = (
+            claim_run_dir(out_dir, resume=cfg.get("resume"), root_dir=Path.cwd())
+            if hc.mode == RunMode.MULTIRUN
+            else None
+        )
         try:
             results = record_run(cfg, overrides, out_dir)
         finally:
@@ -256,7 +267,7 @@ def main() -> float | None:
     and they become one line here. A user's own HYDRA_FULL_ERROR=1 keeps the full traceback.
     """
     global _user_full_error
-    sys.argv = ddp.hydra_argv(sys.argv)  # torchrun: a Hydra callback gives all ranks rank 0's run dir
+    sys.argv = hydra_argv(sys.argv)  # torchrun: a Hydra callback gives all ranks rank 0's run dir
     full_error = _user_full_error = os.environ.get("HYDRA_FULL_ERROR") == "1"
     os.environ["HYDRA_FULL_ERROR"] = "1"
     try:

@@ -37,7 +37,9 @@ def _bound_text(low, low_open: bool, high, high_open: bool) -> str:
     return f"{'<' if high_open else '<='} {high}"
 
 
-def check_range(key: str, value, *, ge=None, gt=None, le=None, lt=None, integer: bool = False, optional: bool = False) -> None:
+def check_range(
+    key: str, value, *, ge=None, gt=None, le=None, lt=None, integer: bool = False, optional: bool = False
+) -> None:
     """ConfigError naming `key` unless `value` is a finite number within the bounds (None allowed when `optional`).
 
     The owner of each config group calls this for its numeric keys before any work; the message
@@ -54,7 +56,9 @@ def check_range(key: str, value, *, ge=None, gt=None, le=None, lt=None, integer:
         raise ConfigError(f"{key}={value!r}: must be {expected}")
     if not math.isfinite(value):
         raise ConfigError(f"{key}={value}: must be {expected}")
-    if (low is not None and (value <= low if low_open else value < low)) or (high is not None and (value >= high if high_open else value > high)):
+    if (low is not None and (value <= low if low_open else value < low)) or (
+        high is not None and (value >= high if high_open else value > high)
+    ):
         raise ConfigError(f"{key}={value}: must be {bounds}" + (" or null" if optional else ""))
 
 
@@ -338,8 +342,6 @@ class TrainerConfig:
     eval_every_steps: Optional[int] = None  # null = once per epoch
     length_grouping: bool = True  # batches of similar length (less padding)
     token_cache: bool = True  # token ids cached on disk (paths.cache_dir/tokens)
-    fast_dropout: bool = True  # CPU: dropout masks from a cheaper random source (models/dropout.py)
-    keep_host_memory: bool = True  # CPU: big blocks from the heap, freed memory reused (training/host_memory.py)
     compact_embeddings: bool = True  # only word-embedding rows of training tokens train; exact (models/embeddings.py)
     num_threads: Optional[int] = None  # torch intra-op threads; null = torch default
     progress: bool = True  # tqdm bars
@@ -428,7 +430,12 @@ GROUP_SCHEMAS: dict[str, dict[str, type]] = {
     "paths": {"base": PathsConfig},
     "data": {"sample": SampleDataConfig, "goemotions": GoEmotionsDataConfig, "table": TableDataConfig},
     "backbone": {"base": BackboneConfig, "tiny": TinyBackboneConfig, "local": LocalBackboneConfig},
-    "freeze": {"base": FreezeConfig, "partial": PartialFreezeConfig, "progressive": ProgressiveFreezeConfig, "full": FullFreezeConfig},
+    "freeze": {
+        "base": FreezeConfig,
+        "partial": PartialFreezeConfig,
+        "progressive": ProgressiveFreezeConfig,
+        "full": FullFreezeConfig,
+    },
     "loss": {"base": LossConfig, "focal": FocalLossConfig},
     "scheduler": {"base": SchedulerConfig, "cosine_restarts": RestartsSchedulerConfig},
     "precision": {"base": PrecisionConfig},
@@ -452,7 +459,11 @@ def _field_names(schema: type) -> list[str]:
 
 def _options_with_key(group: str, key: str) -> list[str]:
     """The options of `group` whose own schema has `key` (backbone, hidden_size -> [tiny])."""
-    return [option for option, schema in GROUP_SCHEMAS.get(group, {}).items() if option != "base" and key in _field_names(schema)]
+    return [
+        option
+        for option, schema in GROUP_SCHEMAS.get(group, {}).items()
+        if option != "base" and key in _field_names(schema)
+    ]
 
 
 def unknown_key_message(full_key: str, schema: type) -> str:
@@ -463,11 +474,16 @@ def unknown_key_message(full_key: str, schema: type) -> str:
     prefix = f"{parent}." if parent else ""
     top_level = parent == group  # group-level keys differ per option; nested nodes do not
     if top_level and (options := _options_with_key(group, key)):
-        return f"{full_key}: the chosen {group} option has no such key; it acts only with {' or '.join(f'{group}={o}' for o in options)}"
+        choices = " or ".join(f"{group}={o}" for o in options)
+        return f"{full_key}: the chosen {group} option has no such key; it acts only with {choices}"
     names = _field_names(schema)
     if close := difflib.get_close_matches(key, names, n=1, cutoff=0.6):
         return f"{full_key}: no such key; did you mean {prefix}{close[0]}?"
-    others = sorted({n for s in GROUP_SCHEMAS.get(group, {}).values() for n in _field_names(s)} - set(names)) if top_level else []
+    others = (
+        sorted({n for s in GROUP_SCHEMAS.get(group, {}).values() for n in _field_names(s)} - set(names))
+        if top_level
+        else []
+    )
     if close := difflib.get_close_matches(key, others, n=1, cutoff=0.6):
         options = " or ".join(f"{group}={o}" for o in _options_with_key(group, close[0]))
         return f"{full_key}: no such key; did you mean {prefix}{close[0]} (it acts only with {options})?"
@@ -506,9 +522,15 @@ def check_config_keys(cfg: DictConfig) -> None:
         value = choice(node[selector])
         expected = schemas.get(value) or schemas.get("base")
         if expected is None:
-            raise ConfigError(f"{group}.{selector}={value!r} is not known; use one of {', '.join(schemas)} (e.g. {group}={next(iter(schemas))})")
+            raise ConfigError(
+                f"{group}.{selector}={value!r} is not known; use one of {', '.join(schemas)} (e.g. "
+                f"{group}={next(iter(schemas))})"
+            )
         if expected is not OmegaConf.get_type(node):
-            raise ConfigError(f"{group}.{selector}={value}: the composed {group} option has other keys; choose the option itself with {group}={value}")
+            raise ConfigError(
+                f"{group}.{selector}={value}: the composed {group} option has other keys; choose the option itself "
+                f"with {group}={value}"
+            )
 
 
 def register_configs() -> None:

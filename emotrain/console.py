@@ -13,7 +13,7 @@ from __future__ import annotations
 import logging
 import sys
 import time
-from typing import Iterable, Iterator
+from collections.abc import Iterable, Iterator
 
 FILE_ONLY = {"file_only": True}  # logging extra: this record goes to the run's log file, not the console
 LINE_INTERVAL_S = 30.0  # not a terminal: one progress line this often (and at the end of a step that took longer)
@@ -51,9 +51,12 @@ def is_terminal(stream=None) -> bool:
 
 
 class LineProgress:
-    """tqdm's interface for what emotrain uses (iteration, set_postfix, update, close), printed as periodic log lines."""
+    """tqdm's interface for what emotrain uses (iteration, set_postfix, update, close), printed as periodic
+    log lines."""
 
-    def __init__(self, iterable: Iterable | None, desc: str, total: int | None, initial: int, unit: str, logger: logging.Logger):
+    def __init__(
+        self, iterable: Iterable | None, desc: str, total: int | None, initial: int, unit: str, logger: logging.Logger
+    ):
         self.iterable, self.desc, self.unit, self.log = iterable, desc, unit, logger
         self.total = total if total is not None else (len(iterable) if hasattr(iterable, "__len__") else None)
         self.n = self.start_n = initial
@@ -120,8 +123,17 @@ class _Silent:
         pass
 
 
-def progress(iterable: Iterable | None = None, *, desc: str, total: int | None = None, initial: int = 0, unit: str = "it",
-             enabled: bool = True, leave: bool = False, logger: logging.Logger | None = None):
+def progress(
+    iterable: Iterable | None = None,
+    *,
+    desc: str,
+    total: int | None = None,
+    initial: int = 0,
+    unit: str = "it",
+    enabled: bool = True,
+    leave: bool = False,
+    logger: logging.Logger | None = None,
+):
     """A progress display for a step that may take more than a few seconds (see the module docstring)."""
     if not enabled:
         return _Silent(iterable if iterable is not None else ())
@@ -153,9 +165,15 @@ def results_table(tasks: list[dict], test: dict, test_at_05: dict, *, n_test: in
     for t in tasks:
         name = t["name"]
         acc_key = "subset_accuracy" if t["multilabel"] else "accuracy"
-        row = f"{name:<14} {len(t['labels']):>6} {_cell(test.get(f'{name}/macro_f1')):>9} {_cell(test.get(f'{name}/micro_f1')):>9} {_cell(test.get(f'{name}/{acc_key}')):>9}"
+        row = (
+            f"{name:<14} {len(t['labels']):>6} {_cell(test.get(f'{name}/macro_f1')):>9} "
+            f"{_cell(test.get(f'{name}/micro_f1')):>9} {_cell(test.get(f'{name}/{acc_key}')):>9}"
+        )
         if any_ml:
             row += f" {_cell(test_at_05.get(f'{name}/macro_f1')) if t['multilabel'] else '-':>13}"
         lines.append(row)
-    lines.append(f"{'mean':<14} {'':>6} {_cell(test.get('macro_f1')):>9}   (test split, {n_test} examples; loss {_cell(test.get('loss'))})")
+    lines.append(
+        f"{'mean':<14} {'':>6} {_cell(test.get('macro_f1')):>9}   (test split, {n_test} examples; loss "
+        f"{_cell(test.get('loss'))})"
+    )
     return lines

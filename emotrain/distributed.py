@@ -22,10 +22,10 @@ Semantics (see TrainingRecipe and LengthGroupedBatchSampler):
   single-process order: every rank gets the same metrics, identical to a single process.
 - Only rank 0 writes (checkpoints, metrics.json, reports, trackers, status.json); every rank
   loads the checkpoint on resume.
-- Hydra: every rank runs the Hydra main. `hydra_argv()` adds `DistributedRunDir`, a Hydra
-  callback that, before Hydra creates the run directory, broadcasts rank 0's resolved
-  `hydra.run.dir` to all ranks and makes the other ranks write nothing into it (no `.hydra/`,
-  no log file; their console log shows errors only, prefixed `[rank N]`).
+- Hydra: every rank runs the Hydra main; emotrain.callbacks.DistributedRunDir (added by
+  `hydra_argv()` on the CLI side) gives all ranks rank 0's run directory.
+- `DataParallel` puts what the training loop does differently under torchrun behind one
+  object that does nothing in a single process.
 """
 
 from __future__ import annotations
@@ -117,7 +117,9 @@ def init_distributed() -> DistInfo:
             dist.init_process_group(backend=backend, **kwargs)
         except TypeError:  # torch without device_id=
             dist.init_process_group(backend=backend)
-    _INFO = DistInfo(rank=dist.get_rank(), world_size=dist.get_world_size(), local_rank=local_rank, device=device, backend=backend)
+    _INFO = DistInfo(
+        rank=dist.get_rank(), world_size=dist.get_world_size(), local_rank=local_rank, device=device, backend=backend
+    )
     return _INFO
 
 
@@ -221,8 +223,89 @@ def wrap_model(model: torch.nn.Module, info: DistInfo | None = None) -> torch.nn
     unused = pooler is not None and any(p.requires_grad for p in pooler.parameters())
     device_ids = [info.local_rank] if info.device.type == "cuda" else None
     # Newer torch renames broadcast_buffers (per-forward buffer sync) to forward_sync_buffers.
-    no_sync = {"forward_sync_buffers": False} if "forward_sync_buffers" in inspect.signature(DDP.__init__).parameters else {"broadcast_buffers": False}
+    no_sync = (
+        {"forward_sync_buffers": False}
+        if "forward_sync_buffers" in inspect.signature(DDP.__init__).parameters
+        else {"broadcast_buffers": False}
+    )
     return DDP(model, device_ids=device_ids, find_unused_parameters=unused, **no_sync)
+
+
+class DataParallel:
+    """Everything the training loop does differently under torchrun, behind one object that does nothing in a
+    single process, so the loop reads top to bottom without branches on the world size.
+
+    - `wrap(model)`: DDP around the model (rebuilt when the trainable parameters change), else the model.
+    - `no_sync(model, sync)`: gradients are all-reduced only on the micro-batch that steps the optimiser.
+    - `share_of_batch(loss, n_local, n_global)`: each rank's mean loss weighted by its share of the global batch,
+      so DDP's gradient average is the gradient of the global-batch mean (an uneven last batch included).
+    - `average_grads(params)`: parameters outside DDP (the learned task weights) averaged over ranks.
+    - `any(flag)`, `sum(loss_sum, seen)`: decisions and running sums that every rank takes together.
+    - `running_sums(...)`, `seed_epoch(...)`: rank 0 carries a resumed epoch's sums; per-rank dropout streams.
+    """
+
+    def __init__(self, info: DistInfo):
+        self.info = info
+        self.world_size, self.rank, self.is_main = info.world_size, info.rank, info.is_main
+        self._wrapped: torch.nn.Module | None = None
+        self._trainable: tuple | None = None
+
+    def wrap(self, model: torch.nn.Module) -> torch.nn.Module:
+        if self.world_size == 1:
+            return model
+        trainable = tuple(p.requires_grad for p in model.parameters())
+        if trainable != self._trainable:  # DDP reduces the gradients of the parameters trainable when built
+            self._trainable, self._wrapped = trainable, wrap_model(model, self.info)
+        return self._wrapped
+
+    def no_sync(self, model: torch.nn.Module, sync: bool):
+        return model.no_sync() if self.world_size > 1 and not sync else contextlib.nullcontext()
+
+    def share_of_batch(self, loss: torch.Tensor, n_local: int, n_global: int) -> torch.Tensor:
+        return loss if self.world_size == 1 else loss * (n_local * self.world_size / n_global)
+
+    def average_grads(self, params) -> None:
+        if self.world_size == 1:
+            return
+        for p in params:
+            if p.grad is not None:
+                all_reduce_sum(p.grad).div_(self.world_size)
+
+    def any(self, flag: bool, device: torch.device | None = None) -> bool:
+        return bool(flag) if self.world_size == 1 else any_rank(flag, device)
+
+    def sum(self, loss_sum: torch.Tensor, seen: int) -> tuple[float, int]:
+        """(loss sum, examples) over all ranks; every rank must call it."""
+        if self.world_size == 1:
+            return float(loss_sum), seen
+        t = all_reduce_sum(
+            torch.stack(
+                [loss_sum.detach().double(), torch.tensor(float(seen), dtype=torch.float64, device=loss_sum.device)]
+            )
+        )
+        return float(t[0]), int(round(float(t[1])))
+
+    def running_sums(self, loss_sum: float, seen: int, device: torch.device) -> tuple[torch.Tensor, int]:
+        """An epoch's running (loss sum, examples), resumed from a checkpoint's global sums: rank 0 carries them."""
+        if not self.is_main:
+            return torch.zeros((), device=device), 0
+        return torch.tensor(loss_sum, device=device), seen
+
+    def seed_epoch(self, seed: int, epoch: int) -> None:
+        """Per-rank dropout streams, reproducible per epoch (a resume at an epoch end is exact); nothing in one
+        process."""
+        if self.world_size > 1:
+            import numpy as np
+
+            torch.manual_seed(int(np.random.SeedSequence([seed, epoch, self.rank]).generate_state(1)[0]))
+
+
+def resume_command(overrides: list[str], checkpoint, info: DistInfo | None = None) -> str:
+    """The command line that continues a run from `checkpoint`: its own overrides with resume= replaced."""
+    import shlex
+
+    args = [a for a in overrides if not a.startswith("resume=")] + [f"resume={checkpoint}"]
+    return launch_command(info) + " " + " ".join(shlex.quote(a) for a in args)
 
 
 def launch_command(info: DistInfo | None = None) -> str:
@@ -231,81 +314,7 @@ def launch_command(info: DistInfo | None = None) -> str:
     if not info.distributed:
         return "python -m emotrain"
     local = int(os.environ.get("LOCAL_WORLD_SIZE", info.world_size))
-    nodes = f" --nnodes={info.world_size // local} --rdzv-endpoint=HOST:PORT" if local and local != info.world_size else ""
+    nodes = (
+        f" --nnodes={info.world_size // local} --rdzv-endpoint=HOST:PORT" if local and local != info.world_size else ""
+    )
     return f"torchrun --nproc_per_node={local}{nodes} -m emotrain"
-
-
-# --------------------------------------------------------------------------- Hydra
-
-CALLBACK_KEY = "emotrain_distributed"
-
-
-def hydra_argv(argv: list[str]) -> list[str]:
-    """argv for the Hydra entry point: under torchrun (WORLD_SIZE > 1) add the DistributedRunDir callback."""
-    if env_world_size() <= 1 or any(a.lstrip("+").startswith(f"hydra.callbacks.{CALLBACK_KEY}") for a in argv):
-        return argv
-    return [*argv, f"++hydra.callbacks.{CALLBACK_KEY}._target_=emotrain.distributed.DistributedRunDir"]
-
-
-def _quiet_job_logging(job_logging, rank: int) -> None:
-    """Non-zero ranks: no file handlers (nothing written into the run dir), errors only, `[rank N]` prefix."""
-    from omegaconf import open_dict, read_write
-
-    if job_logging is None:
-        return
-    with read_write(job_logging), open_dict(job_logging):
-        handlers = job_logging.get("handlers") or {}
-        files = [name for name, h in handlers.items() if h is not None and "filename" in h]
-        for name in files:
-            del handlers[name]
-        nodes = [job_logging.get("root")] + list((job_logging.get("loggers") or {}).values())
-        for node in nodes:
-            if node is not None and node.get("handlers") is not None:
-                node.handlers = [h for h in node.handlers if h not in files]
-        if job_logging.get("root") is not None:
-            job_logging.root.level = "ERROR"  # rank 0 logs the same warnings
-        for fmt in (job_logging.get("formatters") or {}).values():
-            if fmt is not None and fmt.get("format"):
-                fmt.format = f"[rank {rank}] " + str(fmt.format)
-
-
-try:
-    from hydra.experimental.callback import Callback as _HydraCallback
-except ImportError:  # pragma: no cover - hydra is a dependency
-    _HydraCallback = object
-
-
-class DistributedRunDir(_HydraCallback):
-    """Hydra callback (added by `hydra_argv` under torchrun): one run directory for all ranks.
-
-    Runs before Hydra creates the run dir: joins the process group, resolves `hydra.run.dir`
-    on rank 0 (`${now:...}` differs per process by microseconds) and broadcasts it; the other
-    ranks use it verbatim, skip `.hydra/` (hydra.output_subdir=null) and log errors to the
-    console only. Hydra still `mkdir`s the (same) directory on every rank: nothing else appears.
-    """
-
-    def on_run_start(self, config, **kwargs) -> None:
-        from hydra.core.hydra_config import HydraConfig
-        from omegaconf import OmegaConf, open_dict, read_write
-
-        info = init_distributed()
-        if not info.distributed:
-            return
-        run_dir = None
-        if info.is_main:
-            HydraConfig.instance().set_config(config)  # lets ${hydra:...} resolve inside run.dir
-            run_dir = str(OmegaConf.select(config, "hydra.run.dir"))
-        run_dir = broadcast_object(run_dir)
-        with read_write(config.hydra), open_dict(config.hydra):
-            config.hydra.run.dir = run_dir
-            if not info.is_main:
-                config.hydra.output_subdir = None
-                _quiet_job_logging(config.hydra.job_logging, info.rank)
-
-    def on_multirun_start(self, config, **kwargs) -> None:
-        from hydra.errors import CompactHydraException
-
-        raise CompactHydraException(
-            "emotrain: torchrun with -m/--multirun is not supported (every rank would run the whole sweep); "
-            "launch one torchrun per job (e.g. from a shell loop)"
-        )

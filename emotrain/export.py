@@ -1,4 +1,5 @@
-"""`python -m emotrain.export checkpoint=PATH [out=DIR] [quantize=true] [opset=17] ...` (console script `emotrain-export`).
+"""`python -m emotrain.export checkpoint=PATH [out=DIR] [quantize=true] [opset=17] ...`
+(console script `emotrain-export`).
 
 Writes an ONNX deployment bundle; see emotrain.inference.onnx_export and `python -m emotrain.export --help`.
 """

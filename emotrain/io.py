@@ -3,11 +3,22 @@
 from __future__ import annotations
 
 import json
-import math
 import os
 import tempfile
+from collections.abc import Callable
 from pathlib import Path
-from typing import Callable
+
+from emotrain.utils import finite_or_none, json_safe
+
+__all__ = [
+    "atomic_write",
+    "current_umask",
+    "default_mode",
+    "finite_or_none",
+    "json_safe",
+    "publish_modes",
+    "write_json",
+]
 
 
 def current_umask() -> int:
@@ -50,7 +61,7 @@ def atomic_write(path: str | os.PathLike, write: Callable[[object], None], binar
     fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
     try:
         os.fchmod(fd, default_mode())  # mkstemp's 0600 would make every output private to its owner
-        with (os.fdopen(fd, "wb") if binary else os.fdopen(fd, "w", encoding="utf-8")) as fh:
+        with os.fdopen(fd, "wb") if binary else os.fdopen(fd, "w", encoding="utf-8") as fh:
             write(fh)
             fh.flush()
             os.fsync(fh.fileno())
@@ -68,42 +79,5 @@ def atomic_write(path: str | os.PathLike, write: Callable[[object], None], binar
 
 
 def write_json(path: str | os.PathLike, obj) -> Path:
-    return atomic_write(path, lambda fh: json.dump(obj, fh, indent=2, sort_keys=False, default=_json_default))
-
-
-def _json_default(o):
-    if hasattr(o, "item"):  # numpy / torch scalars
-        return o.item()
-    if hasattr(o, "tolist"):
-        return o.tolist()
-    if isinstance(o, (set, tuple)):
-        return list(o)
-    if isinstance(o, os.PathLike):
-        return str(o)
-    if hasattr(o, "value"):  # enums
-        return o.value
-    raise TypeError(f"not JSON serialisable: {type(o).__name__}")
-
-
-def finite_or_none(value) -> float | None:
-    """A finite float, or None (missing, NaN, inf, bool, non-numeric)."""
-    if value is None or isinstance(value, bool):
-        return None
-    try:
-        value = float(value)
-    except (TypeError, ValueError):
-        return None
-    return value if math.isfinite(value) else None
-
-
-def json_safe(obj):
-    """Plain JSON: tensors/arrays to lists, non-finite floats to None (JSON has no NaN)."""
-    if hasattr(obj, "tolist") and not isinstance(obj, (str, bytes)):
-        return json_safe(obj.tolist())
-    if isinstance(obj, float):
-        return obj if math.isfinite(obj) else None
-    if isinstance(obj, dict):
-        return {k: json_safe(v) for k, v in obj.items()}
-    if isinstance(obj, (list, tuple)):
-        return [json_safe(v) for v in obj]
-    return obj
+    """`obj` as indented JSON (numpy/torch values, enums, paths and configs converted; NaN/inf as null), atomically."""
+    return atomic_write(path, lambda fh: json.dump(json_safe(obj), fh, indent=2, sort_keys=False, allow_nan=False))

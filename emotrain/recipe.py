@@ -2,15 +2,16 @@
 
 `run(cfg)` = `TrainingRecipe(cfg).setup()`, `.train()`, `.save()`:
 
-- setup: validate the config, seed, pick device and precision, load and preprocess
-  the data, tokenise it once, build model / loss / optimizer / scheduler, and (with
-  `resume=PATH`) restore all of it from a checkpoint.
-- train: the loop, top to bottom in `train()`: autocast forward -> fp32 loss ->
-  scaled backward -> (every grad_accum_steps) unscale -> clip -> step -> scaler
-  update -> scheduler step; evaluation every epoch (or every N steps), best-epoch
-  tracking, early stopping, a checkpoint after every evaluation.
-- save: evaluate the best weights on the test split, write `metrics.json`, the
-  report and the slim model export.
+- setup: every config group checked by the module that owns it, then one small `_setup_x` per
+  config node (run and seed, precision, data, model, loss, optimizer and schedule, checkpoints),
+  each building its piece with its owner's function, and (with `resume=PATH`) the restore.
+- train: the loop, top to bottom in `_train()`: autocast forward -> fp32 loss -> scaled
+  backward -> (every grad_accum_steps) unscale -> clip -> step -> scaler update -> scheduler
+  step; evaluation every epoch (or every N steps), best-evaluation tracking, early stopping, a
+  checkpoint after every evaluation. Data parallel lives behind `self.dp`
+  (emotrain.distributed.DataParallel), which does nothing in a single process.
+- save: test the kept weights, write metrics.json (emotrain.results.RunResult), the report and
+  the slim model export.
 """
 
 from __future__ import annotations
@@ -20,67 +21,56 @@ import copy
 import functools
 import logging
 import math
-import shlex
 import signal
 import time
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
-import numpy as np
 import torch
 from omegaconf import DictConfig, OmegaConf
 
-from emotrain.checkpointing import validate_checkpoint_config
+from emotrain import distributed as ddp
+from emotrain.checkpointing import check_resume_compatible, validate_checkpoint_config
+from emotrain.config import check_config_keys, check_range, check_seed, choice
 from emotrain.console import FILE_ONLY, is_terminal, progress, results_table
-from emotrain.config import check_config_keys, check_range, check_seed, choice, flatten_dict
 from emotrain.data.cv import apply_cv, kfold_split, validate_cv_config
 from emotrain.data.loading import load_data, validate_data_config
 from emotrain.data.types import DataBundle, Split
-from emotrain.errors import ConfigError, TrainingDiverged, TrainingInterrupted
+from emotrain.errors import TrainingDiverged, TrainingInterrupted
 from emotrain.io import write_json
-from emotrain.models.backbones import check_max_length, encoder_layers, load_encoder, load_tokenizer, validate_backbone_config
+from emotrain.models.backbones import (
+    backbone_dir,
+    check_max_length,
+    encoder_layers,
+    load_tokenizer,
+    validate_backbone_config,
+)
 from emotrain.models.embeddings import compact_word_embeddings
-from emotrain.models.dropout import use_fast_dropout
-from emotrain.models.multitask import MultiTaskModel
+from emotrain.models.multitask import build_model
 from emotrain.preprocessing import Preprocessor
-from emotrain import distributed as ddp
-from emotrain.tracking import NullTracker, make_tracker
+from emotrain.reproducibility import (
+    git_info,
+    library_versions,
+    print_reproducibility_info,
+    reproducibility_info,
+    set_seed,
+)
+from emotrain.results import RunResult
 from emotrain.rundir import remove_stale_temporaries
-from emotrain.reproducibility import git_info, library_versions, print_reproducibility_info, reproducibility_info, set_seed
+from emotrain.tracking import NullTracker, make_tracker
 from emotrain.training.batching import EncodedSplit, encode_texts, make_loader
-from emotrain.training.caches import FeatureCache, TokenCache, content_key, encoder_fingerprint
+from emotrain.training.caches import FeatureCache, TokenCache, content_key, encoder_fingerprint, frozen_features
 from emotrain.training.evaluation import EarlyStopping, evaluate
 from emotrain.training.freeze import apply_freeze, validate_freeze, validate_freeze_config
-from emotrain.training.host_memory import keep_freed_host_memory
-from emotrain.training.losses import MultiTaskLoss, class_counts, validate_loss_config
+from emotrain.training.losses import build_loss, validate_loss_config
+from emotrain.training.metrics import evaluate_predictions
 from emotrain.training.optim import build_optimizer, validate_optim_config
 from emotrain.training.precision import MixedPrecisionTrainer, get_device, resolve_precision
 from emotrain.training.schedulers import build_scheduler, validate_scheduler_config
-from emotrain.training.metrics import evaluate_predictions, task_metrics
-from emotrain.training.thresholds import tune_thresholds
+from emotrain.training.thresholds import ThresholdPolicy
+from emotrain.utils import is_better
 
 log = logging.getLogger("emotrain")
-
-
-@contextlib.contextmanager
-def stop_on_sigint(recipe: "TrainingRecipe"):
-    """First Ctrl-C asks the loop to stop at the next optimiser step (and save); a second one kills."""
-
-    def handler(signum, frame):
-        if recipe.interrupt_requested:
-            raise KeyboardInterrupt
-        recipe.interrupt_requested = True
-        log.warning("Ctrl-C: saving a checkpoint at the next optimiser step (press Ctrl-C again to abort without saving)")
-
-    try:
-        previous = signal.signal(signal.SIGINT, handler)
-    except ValueError:  # not the main thread (e.g. some launchers): keep the default behaviour
-        yield
-        return
-    try:
-        yield
-    finally:
-        signal.signal(signal.SIGINT, previous)
 
 
 # --------------------------------------------------------------------------- config checks
@@ -88,7 +78,14 @@ def stop_on_sigint(recipe: "TrainingRecipe"):
 
 def validate_trainer_config(t) -> None:
     """trainer.* (this module's group): every numeric key within its documented range."""
-    for key in ("epochs", "batch_size", "eval_batch_size", "grad_accum_steps", "log_every_steps", "max_nonfinite_steps"):
+    for key in (
+        "epochs",
+        "batch_size",
+        "eval_batch_size",
+        "grad_accum_steps",
+        "log_every_steps",
+        "max_nonfinite_steps",
+    ):
         check_range(f"trainer.{key}", t[key], ge=1, integer=True)
     for key in ("max_steps", "eval_every_steps", "num_threads"):
         check_range(f"trainer.{key}", t[key], ge=1, integer=True, optional=True)
@@ -115,17 +112,9 @@ def validate_config(cfg: DictConfig) -> None:
     validate_checkpoint_config(cfg.checkpoint)
 
 
-def threshold_policy(trainer_cfg) -> tuple[str | None, str]:
-    """How the kept model decides multi-label labels: (metric-key suffix, description). No suffix: at 0.5, the plain keys."""
-    if trainer_cfg.threshold is not None:
-        return "fixed", f"a fixed threshold of {trainer_cfg.threshold:g} for every label"
-    if trainer_cfg.tune_thresholds:
-        return "tuned", f"per-label thresholds tuned on val to maximise each label's F1 (floor {trainer_cfg.threshold_floor:g})"
-    return None, "0.5 for every label"
-
-
-def monitor_keys(bundle: DataBundle, trainer_cfg=None) -> list[str]:
-    suffix = threshold_policy(trainer_cfg)[0] if trainer_cfg is not None else None
+def monitor_keys(bundle: DataBundle, policy: ThresholdPolicy | None = None) -> list[str]:
+    """The validation metrics trainer.monitor may name."""
+    suffix = policy.suffix if policy is not None else None
     keys = ["loss", "macro_f1"]
     if suffix and any(t.multilabel for t in bundle.tasks):
         keys.append(f"macro_f1_{suffix}")
@@ -137,26 +126,12 @@ def monitor_keys(bundle: DataBundle, trainer_cfg=None) -> list[str]:
     return keys
 
 
-def check_monitor(cfg: DictConfig, bundle: DataBundle) -> None:
-    keys = monitor_keys(bundle, cfg.trainer)
-    if cfg.trainer.monitor not in keys:
-        raise ConfigError(f"trainer.monitor={cfg.trainer.monitor}: unknown metric; choose one of {', '.join(keys)}")
+def check_monitor(monitor: str, bundle: DataBundle, policy: ThresholdPolicy) -> None:
+    from emotrain.errors import ConfigError
 
-
-# Config keys that change the model's shape or tasks: a resume with other values is refused.
-SHAPE_KEYS = ("backbone.kind", "backbone.name", "backbone.path", "backbone.hidden_size", "backbone.num_layers", "backbone.num_heads", "backbone.intermediate_size", "backbone.pooling")
-
-
-def compare_resume_config(saved: dict, current: dict, saved_tasks: list[dict], current_tasks: list[dict]) -> list[str]:
-    """Raise on changes to model shape or tasks; return the other changed keys (to log)."""
-    a, b = flatten_dict(saved), flatten_dict(current)
-    changed = sorted(k for k in set(a) | set(b) if a.get(k) != b.get(k) and not k.startswith("paths.") and k != "resume")
-    shape = [k for k in changed if k in SHAPE_KEYS]
-    if saved_tasks != current_tasks:
-        shape.append("tasks (names, labels or multi-label flags)")
-    if shape:
-        raise ConfigError(f"resume: the checkpoint was trained with a different model shape or tasks ({', '.join(shape)}); use the same settings as that run")
-    return changed
+    keys = monitor_keys(bundle, policy)
+    if monitor not in keys:
+        raise ConfigError(f"trainer.monitor={monitor}: unknown metric; choose one of {', '.join(keys)}")
 
 
 # --------------------------------------------------------------------------- training state
@@ -182,15 +157,32 @@ class TrainState:
     epoch_seen: int = 0
 
 
-def is_better(value: float, best: float | None, mode: str) -> bool:
-    return best is None or (value < best if mode == "min" else value > best)
+@contextlib.contextmanager
+def stop_on_sigint(recipe: TrainingRecipe):
+    """First Ctrl-C asks the loop to stop at the next optimiser step (and save); a second one kills."""
+
+    def handler(signum, frame):
+        if recipe.interrupt_requested:
+            raise KeyboardInterrupt
+        recipe.interrupt_requested = True
+        log.warning(
+            "Ctrl-C: saving a checkpoint at the next optimiser step (press Ctrl-C again to abort without saving)"
+        )
+
+    try:
+        previous = signal.signal(signal.SIGINT, handler)
+    except ValueError:  # not the main thread (e.g. some launchers): keep the default behaviour
+        yield
+        return
+    try:
+        yield
+    finally:
+        signal.signal(signal.SIGINT, previous)
 
 
 def preprocess_bundle(bundle: DataBundle, pre: Preprocessor) -> DataBundle:
     def apply(split: Split | None) -> Split | None:
-        if split is None:
-            return None
-        return Split(texts=pre.map(split.texts), targets=split.targets, name=split.name)
+        return None if split is None else Split(texts=pre.map(split.texts), targets=split.targets, name=split.name)
 
     bundle.train, bundle.val, bundle.test = apply(bundle.train), apply(bundle.val), apply(bundle.test)
     return bundle
@@ -208,168 +200,219 @@ class TrainingRecipe:
         self.interrupt_requested = False
 
     # ------------------------------------------------------------------ setup
-    def setup(self) -> "TrainingRecipe":
+    def setup(self) -> TrainingRecipe:
         cfg = self.cfg
         validate_config(cfg)
         check_max_length(cfg.backbone, Path(cfg.paths.root_dir))
-        # Data parallel (torchrun): join the process group; only rank 0 writes (no-op in one process).
-        self.dist = ddp.init_distributed()
-        self.is_main = self.dist.is_main
+        self._setup_run(cfg)
+        self._setup_precision(cfg.precision)
+        self._setup_data(cfg.data)
+        self._setup_model(cfg.backbone)
+        self._setup_loss(cfg.loss)
+        self._setup_optimizer(cfg.optim, cfg.scheduler)
+        self.mp = MixedPrecisionTrainer(self.device, self.mp_precision)
+        self.monitor, self.mode = cfg.trainer.monitor, choice(cfg.trainer.monitor_mode)
+        self.stopper = EarlyStopping(
+            cfg.trainer.early_stopping.patience, cfg.trainer.early_stopping.min_delta, self.mode
+        )
+        self.state = TrainState()
+        self.best_weights = copy.deepcopy(self.model.state_dict())
+        self.resolved_config = OmegaConf.to_container(cfg, resolve=True, enum_to_str=True)
+        self._setup_checkpoints(cfg.checkpoint)
+        if cfg.resume:
+            self._resume(cfg.resume)
+        self.tracker.log_params(self.resolved_config)
+        log.info(
+            "model=%s params=%d batch=%d x accum %d x processes %d = effective batch %d; %d optimiser steps",
+            cfg.backbone.name,
+            self.num_parameters,
+            cfg.trainer.batch_size,
+            self.accum,
+            self.dp.world_size,
+            self.effective_batch_size,
+            self.total_steps,
+            extra=FILE_ONLY,
+        )
+        self._log_banner()
+        return self
+
+    def _setup_run(self, cfg: DictConfig) -> None:
+        """Data parallel (torchrun; nothing in one process), the run directory, the tracker, threads, seeds."""
+        self.dp = ddp.DataParallel(ddp.init_distributed())
+        self.is_main = self.dp.is_main  # only rank 0 writes
         self.show_progress = bool(cfg.trainer.progress) and self.is_main
-        self.out_dir = Path(cfg.paths.output_dir)
-        self.root_dir = Path(cfg.paths.root_dir)
+        self.out_dir, self.root_dir = Path(cfg.paths.output_dir), Path(cfg.paths.root_dir)
         if self.is_main:
             self.out_dir.mkdir(parents=True, exist_ok=True)
         # First, so a missing extra or an unusable store fails before data is read; run() closes it on errors.
-        self.tracker = make_tracker(cfg.logger, cfg.logger.get("run_name") or self.out_dir.name, self.out_dir) if self.is_main else NullTracker()
+        self.tracker = (
+            make_tracker(cfg.logger, cfg.logger.get("run_name") or self.out_dir.name, self.out_dir)
+            if self.is_main
+            else NullTracker()
+        )
         if cfg.trainer.num_threads:
             torch.set_num_threads(cfg.trainer.num_threads)
         set_seed(cfg.seed, cfg.deterministic)
         print_reproducibility_info(cfg.seed, cfg.deterministic)
 
-        # device and precision
-        self.device, _ = get_device()
-        if self.dist.distributed:
-            self.device = self.dist.device  # cuda:LOCAL_RANK (NCCL) or cpu (gloo)
-        if cfg.trainer.keep_host_memory and self.device.type == "cpu":
-            keep_freed_host_memory()  # freed blocks reused: no per-step page faults for large activations and gradients
-        self.requested_precision = choice(cfg.precision.mode)
-        precision, warning = resolve_precision(self.requested_precision, self.device)
-        self.mp_precision = precision
+    def _setup_precision(self, precision_cfg) -> None:
+        self.device = (
+            self.dp.info.device if self.dp.world_size > 1 else get_device()[0]
+        )  # cuda:LOCAL_RANK (NCCL) or cpu (gloo)
+        self.requested_precision = choice(precision_cfg.mode)
+        self.mp_precision, warning = resolve_precision(self.requested_precision, self.device)
         if warning:
             log.warning(warning)
-        log.info("device=%s precision=%s (requested %s)", self.device.type, precision, self.requested_precision, extra=FILE_ONLY)
+        log.info(
+            "device=%s precision=%s (requested %s)",
+            self.device.type,
+            self.mp_precision,
+            self.requested_precision,
+            extra=FILE_ONLY,
+        )
 
-        # data
-        bundle = load_data(cfg.data, self.root_dir)
-        self.cv_split = kfold_split(bundle, cfg.cv)  # None for holdout
-        bundle = apply_cv(bundle, cfg.cv, self.cv_split)
+    def _setup_data(self, data_cfg) -> None:
+        """Load, fold (cv), preprocess and tokenise (once, cached) every split."""
+        bundle = load_data(data_cfg, self.root_dir)
+        self.cv_split = kfold_split(bundle, self.cfg.cv)  # None for holdout
+        bundle = apply_cv(bundle, self.cfg.cv, self.cv_split)
         if self.cv_split is not None and self.is_main:
             write_json(self.out_dir / "cv_split.json", self.cv_split)  # held-out row indices into the pool
-        check_monitor(cfg, bundle)
-        self.preprocessor = Preprocessor.from_config(cfg.data.preprocess)
+        self.thresholds = ThresholdPolicy.from_config(self.cfg.trainer)
+        check_monitor(self.cfg.trainer.monitor, bundle, self.thresholds)
+        self.preprocessor = Preprocessor.from_config(data_cfg.preprocess)
         self.bundle = bundle = preprocess_bundle(bundle, self.preprocessor)
         self.tasks = bundle.tasks
         log.info(
             "data=%s tasks=%s train=%d val=%d test=%d",
-            cfg.data.kind,
+            data_cfg.kind,
             ", ".join(f"{t.name}({t.num_labels}{', multi-label' if t.multilabel else ''})" for t in bundle.tasks),
-            len(bundle.train), len(bundle.val), len(bundle.test) if bundle.test is not None else 0,
+            len(bundle.train),
+            len(bundle.val),
+            len(bundle.test) if bundle.test is not None else 0,
             extra=FILE_ONLY,
         )
-
-        # tokenizer, token ids (once), model
-        self.tokenizer = load_tokenizer(cfg.backbone, self.root_dir)
-        max_length = cfg.backbone.max_length
-        token_cache = TokenCache(cfg.paths.cache_dir if cfg.trainer.token_cache else None)
+        self.tokenizer = load_tokenizer(self.cfg.backbone, self.root_dir)
+        self.pad_id = self.tokenizer.pad_token_id if self.tokenizer.pad_token_id is not None else 0
+        token_cache = TokenCache(self.cfg.paths.cache_dir if self.cfg.trainer.token_cache else None)
         started = time.perf_counter()
-        splits = [(name, split) for name, split in (("train", bundle.train), ("val", bundle.val), ("test", bundle.test)) if split is not None]
-        bar = progress(desc="tokenising", total=sum(len(s) for _, s in splits), unit="texts", enabled=self.show_progress)
+        splits = [
+            (name, split)
+            for name, split in (("train", bundle.train), ("val", bundle.val), ("test", bundle.test))
+            if split is not None
+        ]
+        bar = progress(
+            desc="tokenising", total=sum(len(s) for _, s in splits), unit="texts", enabled=self.show_progress
+        )
         encode = functools.partial(encode_texts, on_chunk=bar.update)
         with ddp.main_process_first():  # data parallel: rank 0 fills the token cache, the others read it
-            encoded = {name: EncodedSplit(token_cache.encode(self.tokenizer, split.texts, max_length, encode), split.targets) for name, split in splits}
+            self.encoded = {
+                name: EncodedSplit(
+                    token_cache.encode(self.tokenizer, split.texts, self.cfg.backbone.max_length, encode), split.targets
+                )
+                for name, split in splits
+            }
         bar.close()
-        log.info("tokenised %d texts in %.2fs", sum(len(d) for d in encoded.values()), time.perf_counter() - started, extra=FILE_ONLY)
-        self.train_data, self.val_data, self.test_data = encoded["train"], encoded["val"], encoded.get("test")
-        self.pad_id = self.tokenizer.pad_token_id if self.tokenizer.pad_token_id is not None else 0
-        encoder = load_encoder(cfg.backbone, self.root_dir, vocab_size=len(self.tokenizer), device_type=self.device.type)
-        log.info("encoder attention: %s", encoder.config._attn_implementation, extra=FILE_ONLY)
-        validate_freeze(cfg.freeze, len(encoder_layers(encoder)))
-        self.model = MultiTaskModel(encoder, bundle.tasks, pooling=choice(cfg.backbone.pooling), dropout=cfg.trainer.dropout).to(self.device)
-        if cfg.trainer.fast_dropout and self.device.type == "cpu":
-            use_fast_dropout(self.model)
+        log.info(
+            "tokenised %d texts in %.2fs",
+            sum(len(d) for d in self.encoded.values()),
+            time.perf_counter() - started,
+            extra=FILE_ONLY,
+        )
+        self.train_data, self.val_data, self.test_data = (
+            self.encoded["train"],
+            self.encoded["val"],
+            self.encoded.get("test"),
+        )
+
+    def _setup_model(self, backbone_cfg) -> None:
+        """The encoder with one head per task, compact word embeddings, and (freeze=full) the cached frozen features."""
+        cfg = self.cfg
+        self.model = build_model(
+            backbone_cfg,
+            self.tasks,
+            vocab_size=len(self.tokenizer),
+            dropout=cfg.trainer.dropout,
+            root_dir=self.root_dir,
+            device=self.device,
+        )
+        log.info("encoder attention: %s", self.model.encoder.config._attn_implementation, extra=FILE_ONLY)
+        validate_freeze(cfg.freeze, len(encoder_layers(self.model.encoder)))
         self.num_parameters = sum(p.numel() for p in self.model.parameters())
         self.frozen_encoder = choice(cfg.freeze.mode) == "full"
         # Other freeze modes never train the embeddings: nothing to save there.
         self.compact_embedding = None
         if cfg.trainer.compact_embeddings and choice(cfg.freeze.mode) == "none":
             self.compact_embedding = compact_word_embeddings(self.model.encoder, self.train_data.input_ids)
-        with ddp.main_process_first():  # data parallel: rank 0 fills the feature cache, the others read it
-            self.features = self._cached_features(encoded) if self.frozen_encoder and cfg.freeze.feature_cache else None
+        self.features = None
+        if self.frozen_encoder and cfg.freeze.feature_cache:
+            key = content_key(
+                "features-v1",
+                encoder_fingerprint(self.model),
+                backbone_cfg.max_length,
+                choice(backbone_cfg.pooling),
+                self.mp_precision,
+                sorted(self.preprocessor.to_dict().items()),
+            )
+            texts = {name: getattr(self.bundle, name).texts for name in self.encoded}
+            with ddp.main_process_first():  # data parallel: rank 0 fills the feature cache, the others read it
+                self.features = frozen_features(
+                    self.model,
+                    self.encoded,
+                    texts,
+                    FeatureCache(cfg.paths.cache_dir, key),
+                    pad_id=self.pad_id,
+                    batch_size=cfg.trainer.eval_batch_size,
+                    mp=MixedPrecisionTrainer(self.device, self.mp_precision),
+                    device=self.device,
+                    show_progress=self.show_progress,
+                )
+        # What loading the kept model needs, stored in every checkpoint (no reader goes back to config key paths).
+        self.model_info = {
+            "max_length": int(backbone_cfg.max_length),
+            "preprocess": self.preprocessor.to_dict(),
+            "primary_task": self.bundle.primary_task,
+            "backbone": backbone_cfg.name,
+            "tokenizer_dir": str(backbone_dir(backbone_cfg, self.root_dir)),
+        }
 
-        # loss, optimizer, schedule
-        counts = class_counts(bundle.tasks, bundle.train.targets)
-        self.criterion = MultiTaskLoss(bundle.tasks, cfg.loss, counts, len(bundle.train)).to(self.device)
-        self.optimizer = build_optimizer(self.model, cfg.optim, list(self.criterion.parameters()), self.device)
+    def _setup_loss(self, loss_cfg) -> None:
+        self.criterion = build_loss(
+            loss_cfg, self.tasks, self.bundle.train.targets, len(self.bundle.train), self.device
+        )
+
+    def _setup_optimizer(self, optim_cfg, scheduler_cfg) -> None:
+        """AdamW over the model and the learned task weights; batches; the lr schedule over the run's optimiser steps."""
+        t = self.cfg.trainer
+        self.optimizer = build_optimizer(self.model, optim_cfg, list(self.criterion.parameters()), self.device)
         self.params = [p for g in self.optimizer.param_groups for p in g["params"]]
         if self.compact_embedding is not None:
             self.compact_embedding.follow_weight_decay(self.optimizer)
-        self.accum = cfg.trainer.grad_accum_steps
-        # trainer.batch_size is per process: this rank's share of global batches of batch_size * world_size.
-        self.train_loader = make_loader(self.train_data, self.pad_id, cfg.trainer.batch_size, shuffle=True, group_by_length=cfg.trainer.length_grouping, seed=cfg.seed, rank=self.dist.rank, world_size=self.dist.world_size)
-        steps_per_epoch = math.ceil(len(self.train_loader) / self.accum)
-        self.total_steps = steps_per_epoch * cfg.trainer.epochs
-        if cfg.trainer.max_steps:
-            self.total_steps = min(self.total_steps, cfg.trainer.max_steps)
-        self.scheduler = build_scheduler(self.optimizer, cfg.scheduler, self.total_steps)
-        self.mp = MixedPrecisionTrainer(self.device, precision)
-        self.monitor, self.mode = cfg.trainer.monitor, choice(cfg.trainer.monitor_mode)
-        self.stopper = EarlyStopping(cfg.trainer.early_stopping.patience, cfg.trainer.early_stopping.min_delta, self.mode)
-        self.state = TrainState()
-        self.best_weights = copy.deepcopy(self.model.state_dict())
-        self.resolved_config = OmegaConf.to_container(cfg, resolve=True, enum_to_str=True)
-        self.checkpoints = None
-        if cfg.checkpoint.enabled and self.is_main:  # data parallel: only rank 0 writes checkpoints
-            from emotrain.checkpointing import CheckpointManager
-
-            self.checkpoints = CheckpointManager(self.out_dir, cfg.checkpoint.prefix, cfg.checkpoint.save_top_k, self.monitor, self.mode)
-        if cfg.resume:
-            self._resume(cfg.resume)
-        self.tracker.log_params(self.resolved_config)
-        log.info(
-            "model=%s params=%d batch=%d x accum %d x processes %d = effective batch %d; %d optimiser steps",
-            cfg.backbone.name, self.num_parameters, cfg.trainer.batch_size, self.accum,
-            self.dist.world_size, cfg.trainer.batch_size * self.accum * self.dist.world_size, self.total_steps,
-            extra=FILE_ONLY,
+        self.accum = t.grad_accum_steps
+        self.effective_batch_size = t.batch_size * self.accum * self.dp.world_size  # trainer.batch_size is per process
+        self.train_loader = make_loader(
+            self.train_data,
+            self.pad_id,
+            t.batch_size,
+            shuffle=True,
+            group_by_length=t.length_grouping,
+            seed=self.cfg.seed,
+            rank=self.dp.rank,
+            world_size=self.dp.world_size,
         )
-        self._log_banner()
-        return self
+        self.total_steps = math.ceil(len(self.train_loader) / self.accum) * t.epochs
+        if t.max_steps:
+            self.total_steps = min(self.total_steps, t.max_steps)
+        self.scheduler = build_scheduler(self.optimizer, scheduler_cfg, self.total_steps)
 
-    def _log_banner(self) -> None:
-        """The start of the run on the console, in a few lines; the details are in emotrain.log and metrics.json."""
-        cfg, b = self.cfg, self.bundle
-        tasks = ", ".join(f"{t.name} ({t.num_labels} {'labels, multi-label' if t.multilabel else 'classes'})" for t in self.tasks)
-        sizes = f"train {len(b.train)}, val {len(b.val)}, test {len(b.test) if b.test is not None else 0}"
-        steps = f"{cfg.trainer.epochs} epochs, {self.total_steps} optimiser steps, batch {cfg.trainer.batch_size * self.accum * self.dist.world_size}"
-        lines = [
-            f"run directory: {self.out_dir}",
-            f"data: {cfg.data.kind} ({sizes}); tasks: {tasks}",
-            f"model: {cfg.backbone.name}, {self.num_parameters / 1e6:.1f}M parameters ({choice(cfg.backbone.pooling)} pooling, max_length {cfg.backbone.max_length})",
-            f"device: {self.device.type}, precision {self.mp_precision} (requested {self.requested_precision}), {torch.get_num_threads()} threads"
-            + (f", {self.dist.world_size} processes" if self.dist.world_size > 1 else ""),
-            f"training: {steps}; best epoch by val {self.monitor} ({self.mode}); seed {cfg.seed}",
-        ]
-        if self.resumed_from:
-            lines.append(f"resumed from: {self.resumed_from} (epoch {self.state.epoch}, step {self.state.global_step})")
-        for line in lines:
-            log.info("%s", line)
+    def _setup_checkpoints(self, checkpoint_cfg) -> None:
+        self.checkpoints = None
+        if checkpoint_cfg.enabled and self.is_main:  # data parallel: only rank 0 writes checkpoints
+            from emotrain.training.checkpoints import CheckpointManager
 
-    def _cached_features(self, encoded: dict) -> dict:
-        """Pooled outputs of the frozen encoder for every split, computed once (and cached on disk)."""
-        cfg = self.cfg
-        key = content_key("features-v1", encoder_fingerprint(self.model), cfg.backbone.max_length, choice(cfg.backbone.pooling), self.mp_precision, sorted(self.preprocessor.to_dict().items()))
-        cache = FeatureCache(cfg.paths.cache_dir, key)
-        mp = MixedPrecisionTrainer(self.device, self.mp_precision)
-        out = {}
-        self.model.eval()
-        for name, data in encoded.items():
-            texts = getattr(self.bundle, name).texts
-
-            @torch.no_grad()
-            def compute(indices, data=data):
-                subset = EncodedSplit([data.input_ids[i] for i in indices], {})
-                loader = make_loader(subset, self.pad_id, cfg.trainer.eval_batch_size, shuffle=False, group_by_length=True, seed=0)
-                feats = np.zeros((len(indices), self.model.encoder.config.hidden_size), dtype=np.float32)
-                for batch in progress(loader, desc=f"encoding {name} (frozen encoder)", unit="batches", enabled=self.show_progress):
-                    with mp.autocast():
-                        pooled = self.model.encode(batch["input_ids"].to(self.device), batch["attention_mask"].to(self.device))
-                    feats[batch["indices"].numpy()] = pooled.float().cpu().numpy()
-                return feats
-
-            out[name], computed = cache.lookup(texts, compute)
-            log.info("frozen-encoder features for %s: %d from cache, %d computed", name, len(texts) - computed, computed, extra=FILE_ONLY)
-        self.model.train()
-        return out
+            self.checkpoints = CheckpointManager(
+                self.out_dir, checkpoint_cfg.prefix, checkpoint_cfg.save_top_k, self.monitor, self.mode
+            )
 
     def _resume(self, path: str) -> None:
         from emotrain.checkpointing import load_checkpoint, resolve_checkpoint
@@ -380,7 +423,9 @@ class TrainingRecipe:
             # What a kill during a write left behind in the resumed run (unless a process still runs there).
             remove_stale_temporaries(ckpt_path.parent.parent)
         meta = load_checkpoint(ckpt_path)  # metadata first: refuse shape changes before touching the model
-        changed = compare_resume_config(meta["hyperparameters"], self.resolved_config, meta["tasks"], [t.to_dict() for t in self.tasks])
+        changed = check_resume_compatible(
+            meta["hyperparameters"], self.resolved_config, meta["tasks"], [t.to_dict() for t in self.tasks]
+        )
         if changed:
             log.warning("resume: config differs from the checkpoint's in %s", ", ".join(changed))
         load_checkpoint(ckpt_path, self.model, self.optimizer, self.scheduler, self.mp, restore_rng=True)
@@ -388,137 +433,184 @@ class TrainingRecipe:
         for key, value in (extra.get("state") or {}).items():
             setattr(self.state, key, value)
         self.stopper.load_state_dict(extra.get("early_stopping") or {"best": None, "bad_evals": 0})
-        if "criterion" in extra and extra["criterion"]:
+        if extra.get("criterion"):
             self.criterion.load_state_dict(extra["criterion"])
         self.best_weights = copy.deepcopy(self.model.state_dict())
         best = resolve_checkpoint(ckpt_path.parent, which="best") if (ckpt_path.parent / "best.json").exists() else None
         if best is not None and best != ckpt_path:
             self.best_weights = load_checkpoint(best)["model"]
         self.resumed_from = str(ckpt_path)
-        log.info("resumed from %s (epoch %d, step %d)", ckpt_path, self.state.epoch, self.state.global_step, extra=FILE_ONLY)
+        log.info(
+            "resumed from %s (epoch %d, step %d)", ckpt_path, self.state.epoch, self.state.global_step, extra=FILE_ONLY
+        )
+
+    def _log_banner(self) -> None:
+        """The start of the run on the console, in a few lines; the details are in emotrain.log and metrics.json."""
+        cfg, b = self.cfg, self.bundle
+        tasks = ", ".join(
+            f"{t.name} ({t.num_labels} {'labels, multi-label' if t.multilabel else 'classes'})" for t in self.tasks
+        )
+        sizes = f"train {len(b.train)}, val {len(b.val)}, test {len(b.test) if b.test is not None else 0}"
+        processes = f", {self.dp.world_size} processes" if self.dp.world_size > 1 else ""
+        lines = [
+            f"run directory: {self.out_dir}",
+            f"data: {cfg.data.kind} ({sizes}); tasks: {tasks}",
+            f"model: {cfg.backbone.name}, {self.num_parameters / 1e6:.1f}M parameters "
+            f"({choice(cfg.backbone.pooling)} pooling, max_length {cfg.backbone.max_length})",
+            f"device: {self.device.type}, precision {self.mp_precision} (requested {self.requested_precision}), "
+            f"{torch.get_num_threads()} threads{processes}",
+            f"training: {cfg.trainer.epochs} epochs, {self.total_steps} optimiser steps, batch "
+            f"{self.effective_batch_size}; "
+            f"best epoch by val {self.monitor} ({self.mode}); seed {cfg.seed}",
+        ]
+        if self.resumed_from:
+            lines.append(f"resumed from: {self.resumed_from} (epoch {self.state.epoch}, step {self.state.global_step})")
+        for line in lines:
+            log.info("%s", line)
 
     # ------------------------------------------------------------------ train
     def evaluate(self, data, thresholds=None):
-        name = next(name for name, d in (("train", self.train_data), ("val", self.val_data), ("test", self.test_data)) if d is data)
-        features = self.features[name] if self.features is not None else None
+        name = next(
+            name
+            for name, d in (("train", self.train_data), ("val", self.val_data), ("test", self.test_data))
+            if d is data
+        )
         return evaluate(
-            self.model, self.criterion, data, self.tasks, pad_token_id=self.pad_id, batch_size=self.cfg.trainer.eval_batch_size,
-            device=self.device, mp=self.mp, thresholds=thresholds, features=features, rank=self.dist.rank, world_size=self.dist.world_size,
+            self.model,
+            self.criterion,
+            data,
+            self.tasks,
+            pad_token_id=self.pad_id,
+            batch_size=self.cfg.trainer.eval_batch_size,
+            device=self.device,
+            mp=self.mp,
+            thresholds=thresholds,
+            features=self.features[name] if self.features is not None else None,
+            rank=self.dp.rank,
+            world_size=self.dp.world_size,
             progress_desc=f"evaluating {'validation' if name == 'val' else name} split" if self.show_progress else None,
         )
 
-    def train(self) -> "TrainingRecipe":
+    def train(self) -> TrainingRecipe:
         with stop_on_sigint(self):
             return self._train()
 
-    def _train(self) -> "TrainingRecipe":
-        cfg, state, mp = self.cfg, self.state, self.mp
+    def _train(self) -> TrainingRecipe:
+        cfg, state, dp = self.cfg, self.state, self.dp
         model, criterion, optimizer, scheduler = self.model, self.criterion, self.optimizer, self.scheduler
-        accum, device = self.accum, self.device
-        # Data parallel: the forward runs through DDP(model) (`train_model`); everything else uses the bare model.
-        world, sampler = self.dist.world_size, self.train_loader.batch_sampler
-        train_model, ddp_key = model, None
-        epochs_bar = progress(range(state.epoch, cfg.trainer.epochs), desc="epochs", total=cfg.trainer.epochs, initial=state.epoch, unit="epochs",
-                              enabled=self.show_progress and is_terminal())  # off a terminal the per-epoch log line says it
-        stop = state.stopped_early or bool(cfg.trainer.max_steps and state.global_step >= cfg.trainer.max_steps)
-        for epoch in epochs_bar:
+        accum, device, sampler, steps = self.accum, self.device, self.train_loader.batch_sampler, len(self.train_loader)
+        epochs = progress(
+            range(state.epoch, cfg.trainer.epochs),
+            desc="epochs",
+            total=cfg.trainer.epochs,
+            initial=state.epoch,
+            unit="epochs",
+            enabled=self.show_progress and is_terminal(),
+        )  # off a terminal the per-epoch log line says it
+        stop = state.stopped_early or self._reached_max_steps()
+        for epoch in epochs:
             if stop:
                 break
             self.trainable = apply_freeze(model, cfg.freeze, epoch)
             log.info("epoch %d: %d trainable parameters", epoch + 1, self.trainable, extra=FILE_ONLY)
-            if world > 1 and ddp_key != (key := tuple(p.requires_grad for p in model.parameters())):
-                # DDP reduces the gradients of the parameters trainable when it is built: rebuild on a change.
-                ddp_key, train_model = key, ddp.wrap_model(model, self.dist)
-            model.train()
-            if self.frozen_encoder:
-                model.encoder.eval()  # a frozen encoder runs without dropout, as its cached features do
+            train_model = dp.wrap(
+                model
+            )  # the forward runs through DDP under torchrun; everything else uses the bare model
+            self._train_mode()
             # After an `interrupted` checkpoint: skip the batches this epoch already trained on.
             done, state.epoch_batches_done = state.epoch_batches_done, 0
             sampler.set_epoch(epoch, skip=done)
             shares = sampler.shares()  # (this rank's examples, global batch examples) per batch
-            loss_sum, seen = torch.tensor(state.epoch_loss_sum, device=device), state.epoch_seen
-            if world > 1:
-                if not self.is_main:  # the saved running sums are global: rank 0 carries them
-                    loss_sum, seen = torch.zeros((), device=device), 0
-                if done == 0:  # per-rank dropout streams, reproducible per epoch (so a resume at an epoch end is exact)
-                    torch.manual_seed(int(np.random.SeedSequence([cfg.seed, epoch, self.dist.rank]).generate_state(1)[0]))
+            loss_sum, seen = dp.running_sums(state.epoch_loss_sum, state.epoch_seen, device)
+            if done == 0:
+                dp.seed_epoch(cfg.seed, epoch)
             epoch_started = time.perf_counter()
-            batches = progress(self.train_loader, desc=f"epoch {epoch + 1}/{cfg.trainer.epochs}", initial=done, total=len(self.train_loader),
-                               unit="batches", enabled=self.show_progress)
+            batches = progress(
+                self.train_loader,
+                desc=f"epoch {epoch + 1}/{cfg.trainer.epochs}",
+                initial=done,
+                total=steps,
+                unit="batches",
+                enabled=self.show_progress,
+            )
             for i, batch in enumerate(batches, start=done):
                 ids = batch["input_ids"].to(device, non_blocking=True)
                 mask = batch["attention_mask"].to(device, non_blocking=True)
                 targets = {k: v.to(device, non_blocking=True) for k, v in batch["targets"].items()}
-
                 pooled = None
                 if self.features is not None:  # frozen encoder: heads train on cached features
-                    pooled = torch.from_numpy(self.features["train"][batch["indices"].numpy()]).to(device, non_blocking=True)
+                    pooled = torch.from_numpy(self.features["train"][batch["indices"].numpy()]).to(
+                        device, non_blocking=True
+                    )
                 n_local, n_global = shares[i]  # n_local = 0: a padding example (this rank's share was empty)
-                step_now = (i + 1) % accum == 0 or i + 1 == len(self.train_loader)
-                # Data parallel: gradients are all-reduced only at the optimiser step, not on accumulation micro-batches.
-                with train_model.no_sync() if world > 1 and not step_now else contextlib.nullcontext():
-                    with mp.autocast():
+                step_now = (i + 1) % accum == 0 or i + 1 == steps
+                with dp.no_sync(train_model, sync=step_now):  # gradients all-reduced only at the optimiser step
+                    with self.mp.autocast():
                         logits = train_model(ids, mask, pooled=pooled)
                     loss, _ = criterion(logits, targets)  # in fp32: the loss module upcasts logits
-                    if ddp.any_rank(not torch.isfinite(loss), device) if world > 1 else not torch.isfinite(loss):
-                        mp = self._nonfinite_loss(epoch)
+                    if dp.any(not torch.isfinite(loss), device):
+                        self._nonfinite_loss(epoch)
                         continue
                     state.nonfinite_steps = 0
-                    # DDP averages gradients over ranks: weighting each rank's mean loss by its share of the global
-                    # batch makes that average the gradient of the global-batch mean, even for an uneven last batch.
-                    objective = loss if world == 1 else loss * (n_local * world / n_global)
-                    mp.scale_loss(objective / accum).backward()
+                    self.mp.scale_loss(dp.share_of_batch(loss, n_local, n_global) / accum).backward()
                 loss_sum += loss.detach() * n_local
                 seen += n_local
 
                 if step_now:
-                    if world > 1:  # learned task weights live in the criterion, outside DDP: average their gradients
-                        for p in criterion.parameters():
-                            if p.grad is not None:
-                                ddp.all_reduce_sum(p.grad).div_(world)
-                    mp.step(optimizer, self.params, cfg.trainer.max_grad_norm)  # unscale -> clip -> step
-                    mp.update()  # loss-scale update; counts steps the scaler skipped
+                    dp.average_grads(criterion.parameters())  # learned task weights live outside DDP
+                    self.mp.step(optimizer, self.params, cfg.trainer.max_grad_norm)  # unscale -> clip -> step
+                    self.mp.update()  # loss-scale update; counts steps the scaler skipped
                     scheduler.step()
                     optimizer.zero_grad(set_to_none=True)
                     state.global_step += 1
                     state.lr_history.append([state.global_step, scheduler.get_last_lr()[0]])
                     if state.global_step % cfg.trainer.log_every_steps == 0:
-                        total, count = self._global_loss(loss_sum, seen)
-                        log.info("step %d: lr=%.3e running train_loss=%.4f", state.global_step, scheduler.get_last_lr()[0], total / max(count, 1), extra=FILE_ONLY)
+                        total, count = dp.sum(loss_sum, seen)
+                        log.info(
+                            "step %d: lr=%.3e running train_loss=%.4f",
+                            state.global_step,
+                            scheduler.get_last_lr()[0],
+                            total / max(count, 1),
+                            extra=FILE_ONLY,
+                        )
                     if cfg.trainer.eval_every_steps and state.global_step % cfg.trainer.eval_every_steps == 0:
-                        total, count = self._global_loss(loss_sum, seen)
+                        total, count = dp.sum(loss_sum, seen)
                         stop = self._evaluate_and_checkpoint(total / max(count, 1), epoch_done=False)
-                        model.train()
-                        if self.frozen_encoder:
-                            model.encoder.eval()
-                    if ddp.any_rank(self.interrupt_requested, device) if world > 1 else self.interrupt_requested:
-                        total, count = self._global_loss(loss_sum, seen)
+                        self._train_mode()
+                    if dp.any(self.interrupt_requested, device):
+                        total, count = dp.sum(loss_sum, seen)
                         self._save_interrupted(epoch, i + 1, total, count, time.perf_counter() - epoch_started)
-                    if stop or (cfg.trainer.max_steps and state.global_step >= cfg.trainer.max_steps):
+                    if stop or self._reached_max_steps():
                         break
 
             state.epoch = epoch + 1
             state.epoch_loss_sum, state.epoch_seen = 0.0, 0
             state.train_seconds += time.perf_counter() - epoch_started
-            total, seen = self._global_loss(loss_sum, seen)
+            total, seen = dp.sum(loss_sum, seen)
             state.train_examples += seen
             train_loss = total / max(seen, 1)
             stop = self._evaluate_and_checkpoint(train_loss, epoch_done=True) or stop
-            epochs_bar.set_postfix(train_loss=f"{train_loss:.4f}", val_loss=f"{state.history[-1]['val']['loss']:.4f}")
+            epochs.set_postfix(train_loss=f"{train_loss:.4f}", val_loss=f"{state.history[-1]['val']['loss']:.4f}")
             if stop:
                 state.stopped_early = True
-                log.info("early stopping after epoch %d (no %s improvement for %d evaluations)", state.epoch, self.monitor, self.stopper.patience)
-            elif cfg.trainer.max_steps and state.global_step >= cfg.trainer.max_steps:
+                log.info(
+                    "early stopping after epoch %d (no %s improvement for %d evaluations)",
+                    state.epoch,
+                    self.monitor,
+                    self.stopper.patience,
+                )
+            elif self._reached_max_steps():
                 log.info("reached trainer.max_steps=%d", cfg.trainer.max_steps)
                 stop = True
         return self
 
-    def _global_loss(self, loss_sum: torch.Tensor, seen: int) -> tuple[float, int]:
-        """(training loss sum, examples) so far this epoch, summed over data-parallel ranks (every rank calls it)."""
-        if self.dist.world_size == 1:
-            return float(loss_sum), seen
-        t = ddp.all_reduce_sum(torch.stack([loss_sum.detach().double(), torch.tensor(float(seen), dtype=torch.float64, device=loss_sum.device)]))
-        return float(t[0]), int(round(float(t[1])))
+    def _train_mode(self) -> None:
+        self.model.train()
+        if self.frozen_encoder:
+            self.model.encoder.eval()  # a frozen encoder runs without dropout, as its cached features do
+
+    def _reached_max_steps(self) -> bool:
+        return bool(self.cfg.trainer.max_steps and self.state.global_step >= self.cfg.trainer.max_steps)
 
     def _save_interrupted(self, epoch: int, batches_done: int, loss_sum: float, seen: int, seconds: float) -> None:
         """Save the exact mid-epoch position (weights, optimiser, RNG, batch index) and stop."""
@@ -531,14 +623,26 @@ class TrainingRecipe:
         path = None
         if self.is_main:  # data parallel: rank 0 writes; the others wait for its path (so none exits mid-write)
             path = save_checkpoint(
-                self.model, self.optimizer, self.scheduler, epoch, last_val.get("loss"), last_val, self.resolved_config,
-                self.out_dir, f"{self.cfg.checkpoint.prefix}_interrupted", global_step=state.global_step,
-                scaler_state=self.mp.state_dict(), tasks=[t.to_dict() for t in self.tasks], extra=self._checkpoint_extra(),
+                self.model,
+                self.optimizer,
+                self.scheduler,
+                epoch,
+                last_val.get("loss"),
+                last_val,
+                self.resolved_config,
+                self.out_dir,
+                f"{self.cfg.checkpoint.prefix}_interrupted",
+                global_step=state.global_step,
+                scaler_state=self.mp.state_dict(),
+                tasks=[t.to_dict() for t in self.tasks],
+                extra=self._checkpoint_extra(),
+                model_info=self.model_info,
             )
         path = ddp.broadcast_object(path)
-        args = [a for a in self.overrides if not a.startswith("resume=")] + [f"resume={path}"]
-        command = ddp.launch_command(self.dist) + " " + " ".join(shlex.quote(a) for a in args)
-        raise TrainingInterrupted(f"interrupted at epoch {epoch + 1}, step {state.global_step}; saved {path}; resume with: {command}", path)
+        command = ddp.resume_command(self.overrides, path, self.dp.info)
+        raise TrainingInterrupted(
+            f"interrupted at epoch {epoch + 1}, step {state.global_step}; saved {path}; resume with: {command}", path
+        )
 
     def _checkpoint_extra(self) -> dict:
         return {
@@ -549,103 +653,163 @@ class TrainingRecipe:
             "primary_task": self.bundle.primary_task,
         }
 
-    def _nonfinite_loss(self, epoch: int) -> MixedPrecisionTrainer:
+    def _nonfinite_loss(self, epoch: int) -> None:
         """Skip the step; auto-bf16 falls back to fp32; too many in a row stops training."""
         self.state.nonfinite_steps += 1
         self.optimizer.zero_grad(set_to_none=True)
         if self.requested_precision == "auto" and self.mp.precision == "bf16":
             # auto picked bf16 for speed; it must not cost a finite loss.
-            log.warning("non-finite loss under bf16 autocast at step %d; precision=auto falls back to fp32", self.state.global_step)
+            log.warning(
+                "non-finite loss under bf16 autocast at step %d; precision=auto falls back to fp32",
+                self.state.global_step,
+            )
             self.mp = MixedPrecisionTrainer(self.device, "fp32")
         elif self.state.nonfinite_steps >= self.cfg.trainer.max_nonfinite_steps:
             last = self.checkpoints.last_path if self.checkpoints is not None else None
-            kept = f"the last good checkpoint is {last} (resume={last.parent.parent} continues from it)" if last else "no checkpoint was saved before"
+            kept = (
+                f"the last good checkpoint is {last} (resume={last.parent.parent} continues from it)"
+                if last
+                else "no checkpoint was saved before"
+            )
             raise TrainingDiverged(
                 f"loss was non-finite for {self.state.nonfinite_steps} consecutive steps in epoch {epoch + 1}: "
-                f"lower optim.lr, set trainer.max_grad_norm, or use precision=fp32; {kept}; metrics.json has the results so far"
+                f"lower optim.lr, set trainer.max_grad_norm, or use precision=fp32; {kept}; metrics.json has the "
+                "results so far"
             )
-        return self.mp
 
     def _evaluate_and_checkpoint(self, train_loss: float, epoch_done: bool) -> bool:
         """Evaluate on val, track the best weights, save a checkpoint; True when early stopping says stop."""
         state = self.state
-        if epoch_done and state.history and state.history[-1]["step"] == state.global_step and not state.history[-1].get("epoch_done"):
+        if (
+            epoch_done
+            and state.history
+            and state.history[-1]["step"] == state.global_step
+            and not state.history[-1].get("epoch_done")
+        ):
             # eval_every_steps just evaluated this exact step: reuse it, mark the epoch end.
             state.history[-1].update(train_loss=train_loss, epoch=state.epoch, epoch_done=True)
             return False
         metrics, _, probs = self.evaluate(self.val_data)
-        metrics.update(self.decision_metrics(probs, metrics))
-        state.history.append({
-            "epoch": state.epoch,
-            "epoch_done": epoch_done,
-            "step": state.global_step,
-            "train_loss": train_loss,
-            "val": metrics,
-            "lr": self.scheduler.get_last_lr()[0],
-            "trainable_params": self.trainable,
-            "task_weights": self.criterion.task_weights(),
-        })
+        metrics.update(self.thresholds.decision_metrics(self.tasks, probs, self.val_data.targets, metrics))
+        state.history.append(
+            {
+                "epoch": state.epoch,
+                "epoch_done": epoch_done,
+                "step": state.global_step,
+                "train_loss": train_loss,
+                "val": metrics,
+                "lr": self.scheduler.get_last_lr()[0],
+                "trainable_params": self.trainable,
+                "task_weights": self.criterion.task_weights(),
+            }
+        )
         value = metrics[self.monitor]
         if is_better(value, state.best_value, self.mode):
-            state.best_value, state.best_epoch, state.best_step, state.best_metrics = value, state.epoch, state.global_step, metrics
+            state.best_value, state.best_epoch, state.best_step, state.best_metrics = (
+                value,
+                state.epoch,
+                state.global_step,
+                metrics,
+            )
             self.best_weights = copy.deepcopy(self.model.state_dict())
         stop = self.stopper.step(value)
-        self.tracker.log_metrics({"train_loss": train_loss, **{f"val/{k}": v for k, v in metrics.items()}, **{f"task_weight/{k}": v for k, v in self.criterion.task_weights().items()}}, step=state.global_step)
-        suffix = threshold_policy(self.cfg.trainer)[0]
-        decided = f", macro-F1 at {suffix} thresholds {metrics[f'macro_f1_{suffix}']:.4f}" if f"macro_f1_{suffix}" in metrics else ""
-        where = f"epoch {state.epoch}/{self.cfg.trainer.epochs}" if epoch_done else f"step {state.global_step} (epoch {state.epoch + 1})"
-        log.info(
-            "%s: train loss %.4f | val loss %.4f, macro-F1 %.4f%s%s | %s %.4f (best %.4f @ epoch %s)",
-            where, train_loss, metrics["loss"], metrics["macro_f1"], " at 0.5" if decided else "", decided,
-            self.monitor, value, state.best_value, state.best_epoch,
+        weights = self.criterion.task_weights()
+        self.tracker.log_metrics(
+            {
+                "train_loss": train_loss,
+                **{f"val/{k}": v for k, v in metrics.items()},
+                **{f"task_weight/{k}": v for k, v in weights.items()},
+            },
+            step=state.global_step,
         )
+        self._log_evaluation(train_loss, metrics, value, epoch_done)
         if self.criterion.uncertainty:
-            log.info("learned task weights: %s", ", ".join(f"{k}={v:.3f}" for k, v in self.criterion.task_weights().items()))
+            log.info("learned task weights: %s", ", ".join(f"{k}={v:.3f}" for k, v in weights.items()))
         if self.checkpoints is not None:
             self.checkpoints.save(
-                self.model, self.optimizer, self.scheduler, state.epoch, metrics["loss"], metrics, self.resolved_config, value,
-                global_step=state.global_step, scaler_state=self.mp.state_dict(), tasks=[t.to_dict() for t in self.tasks],
+                self.model,
+                self.optimizer,
+                self.scheduler,
+                state.epoch,
+                metrics["loss"],
+                metrics,
+                self.resolved_config,
+                value,
+                global_step=state.global_step,
+                scaler_state=self.mp.state_dict(),
+                tasks=[t.to_dict() for t in self.tasks],
                 extra=self._checkpoint_extra(),
+                model_info=self.model_info,
             )
         return stop
 
-    def decision_metrics(self, probs: dict, metrics: dict) -> dict[str, float]:
-        """Validation metrics of multi-label tasks at the decisions the kept model will make (thresholds tuned on this
-        split for these weights, or fixed), besides the plain keys at 0.5: `{task}/macro_f1_tuned`, `macro_f1_tuned`, ...
-        `metrics`: the plain metrics of the same evaluation (single-label tasks enter the mean as they are)."""
-        suffix = threshold_policy(self.cfg.trainer)[0]
-        if suffix is None or not any(t.multilabel for t in self.tasks):
-            return {}
-        thresholds = self.thresholds_for(probs, self.val_data.targets)
-        out = {}
-        for t in self.tasks:
-            if t.multilabel:
-                scalars, _ = task_metrics(t, probs[t.name], self.val_data.targets[t.name], thresholds[t.name])
-                out.update({f"{t.name}/{k}_{suffix}": v for k, v in scalars.items()})
-        # The mean over tasks, as `macro_f1`, but at the decisions made: comparable to the test macro_f1.
-        f1s = [out[f"{t.name}/macro_f1_{suffix}"] if t.multilabel else metrics[f"{t.name}/macro_f1"] for t in self.tasks]
-        out[f"macro_f1_{suffix}"] = float(np.mean(f1s))
-        return out
-
-    def thresholds_for(self, probs: dict, targets: dict) -> dict[str, list[float]]:
-        """The kept model's decision thresholds for validation probabilities `probs` (see threshold_policy)."""
-        t = self.cfg.trainer
-        if t.threshold is not None:
-            return tune_thresholds(self.tasks, {}, {}, fixed=t.threshold)
-        if not t.tune_thresholds:
-            return tune_thresholds(self.tasks, {}, {}, fixed=0.5)
-        return tune_thresholds(self.tasks, probs, targets, floor=t.threshold_floor)
+    def _log_evaluation(self, train_loss: float, metrics: dict, value: float, epoch_done: bool) -> None:
+        state, suffix = self.state, self.thresholds.suffix
+        decided = (
+            f", macro-F1 at {suffix} thresholds {metrics[f'macro_f1_{suffix}']:.4f}"
+            if f"macro_f1_{suffix}" in metrics
+            else ""
+        )
+        where = (
+            f"epoch {state.epoch}/{self.cfg.trainer.epochs}"
+            if epoch_done
+            else f"step {state.global_step} (epoch {state.epoch + 1})"
+        )
+        log.info(
+            "%s: train loss %.4f | val loss %.4f, macro-F1 %.4f%s%s | %s %.4f (best %.4f @ epoch %s)",
+            where,
+            train_loss,
+            metrics["loss"],
+            metrics["macro_f1"],
+            " at 0.5" if decided else "",
+            decided,
+            self.monitor,
+            value,
+            state.best_value,
+            state.best_epoch,
+        )
 
     # ------------------------------------------------------------------ save
     def decision_thresholds(self) -> dict[str, list[float]]:
         """Per-label thresholds for multi-label tasks, from the best weights' validation probabilities."""
-        t = self.cfg.trainer
         if not any(task.multilabel for task in self.tasks):
             return {}
-        if t.threshold is not None or not t.tune_thresholds:
-            return self.thresholds_for({}, {})
-        _, _, val_probs = self.evaluate(self.val_data)
-        return self.thresholds_for(val_probs, self.val_data.targets)
+        probs = self.evaluate(self.val_data)[2] if self.thresholds.needs_probabilities else {}
+        return self.thresholds.thresholds(self.tasks, probs, self.val_data.targets)
+
+    def _test(self, thresholds: dict, run: bool) -> tuple[dict, dict, dict, dict]:
+        """Test metrics of the loaded weights: at `thresholds`, the same probabilities at 0.5, per class, confusion inputs."""
+        if self.test_data is None or not run:
+            return {}, {}, {}, {}
+        metrics, per_class, probs = self.evaluate(self.test_data, thresholds=thresholds)
+        at_05 = {}
+        if thresholds:  # the same probabilities decided at 0.5: no second pass over the test split
+            losses = {t.name: metrics[f"{t.name}/loss"] for t in self.tasks}
+            at_05, _ = evaluate_predictions(self.tasks, probs, self.test_data.targets, losses, metrics["loss"])
+        confusion = {
+            t.name: {
+                "labels": list(t.labels),
+                "y_true": self.test_data.targets[t.name].tolist(),
+                "y_pred": probs[t.name].argmax(-1).tolist(),
+            }
+            for t in self.tasks
+            if not t.multilabel
+        }
+        log.info(
+            "test (best epoch %s): loss=%.4f macro_f1=%.4f %s",
+            self.state.best_epoch,
+            metrics["loss"],
+            metrics["macro_f1"],
+            " ".join(f"{t.name}/macro_f1={metrics[f'{t.name}/macro_f1']:.4f}" for t in self.tasks),
+            extra=FILE_ONLY,
+        )
+        if thresholds:
+            log.info(
+                "test macro_f1 at 0.5 thresholds: %s",
+                " ".join(f"{t}={at_05[f'{t}/macro_f1']:.4f}" for t in thresholds),
+                extra=FILE_ONLY,
+            )
+        return metrics, at_05, per_class, confusion
 
     def save(self, status: str = "completed", error: str | None = None) -> dict:
         """Test the best weights; write metrics.json, the report and the export.
@@ -660,73 +824,83 @@ class TrainingRecipe:
 
             # The thresholds belong to the best weights: store them with that checkpoint too.
             update_checkpoint_extra(self.checkpoints.best_path, {"thresholds": thresholds})
-        final_val = state.history[-1]["val"] if state.history else {}
-        test = {"metrics": {}, "per_class": {}, "at_0.5": {}}
-        confusion = {}
-        if self.test_data is not None and (status == "completed" or state.history):  # no evaluation yet: nothing to test
-            test["metrics"], test["per_class"], test_probs = self.evaluate(self.test_data, thresholds=thresholds)
-            if thresholds:  # the same probabilities decided at 0.5: no second pass over the test split
-                losses = {t.name: test["metrics"][f"{t.name}/loss"] for t in self.tasks}
-                test["at_0.5"], _ = evaluate_predictions(self.tasks, test_probs, self.test_data.targets, losses, test["metrics"]["loss"])
-            for t in self.tasks:
-                if not t.multilabel:
-                    confusion[t.name] = {"labels": list(t.labels), "y_true": self.test_data.targets[t.name].tolist(), "y_pred": test_probs[t.name].argmax(-1).tolist()}
-            m = test["metrics"]
-            log.info(
-                "test (best epoch %s): loss=%.4f macro_f1=%.4f %s", state.best_epoch, m["loss"], m["macro_f1"],
-                " ".join(f"{t.name}/macro_f1={m[f'{t.name}/macro_f1']:.4f}" for t in self.tasks), extra=FILE_ONLY,
-            )
-            if thresholds:
-                log.info("test macro_f1 at 0.5 thresholds: %s", " ".join(f"{t}={test['at_0.5'][f'{t}/macro_f1']:.4f}" for t in thresholds), extra=FILE_ONLY)
-        results = {
-            "status": status,
-            **({"error": error} if error else {}),
-            "objective": {"metric": self.monitor, "mode": self.mode, "split": "val", "value": state.best_value},
-            "best_epoch": state.best_epoch,
-            # One source of truth for "best": the evaluation trainer.monitor chose; every report names this one.
-            "best": {"epoch": state.best_epoch, "step": state.best_step, "metric": self.monitor, "mode": self.mode, "value": state.best_value, "split": "val"},
-            # How the multi-label metrics were obtained: "test" decides as the kept model does, "test_at_0.5" at 0.5.
-            "decisions": {"policy": threshold_policy(cfg.trainer)[0] or "0.5", "description": threshold_policy(cfg.trainer)[1],
-                          "applies_to": [t.name for t in self.tasks if t.multilabel]},
-            "epochs_run": state.epoch,
-            "global_steps": state.global_step,
-            "stopped_early": state.stopped_early,
-            "best_val": state.best_metrics,
-            "final_val": final_val,
-            "test": test["metrics"],  # multi-label tasks at the tuned thresholds
-            "test_at_0.5": test["at_0.5"],  # multi-label tasks at 0.5 (empty when no multi-label task)
-            "test_per_class": test["per_class"],
-            "thresholds": thresholds,
-            "history": state.history,
-            "lr_per_step": state.lr_history,
-            "wall_time_s": round(time.time() - self.started, 3),
-            # Training throughput, evaluation excluded.
-            "train_samples_per_s": round(state.train_examples / max(state.train_seconds, 1e-9), 2),
-            "device": self.device.type,
-            "precision": {"requested": self.requested_precision, "effective": self.mp.precision, "skipped_steps": self.mp.skipped_steps},
-            "seed": cfg.seed,
-            "deterministic": cfg.deterministic,
-            "overrides": self.overrides,
-            "resumed_from": self.resumed_from,
-            "tasks": [t.to_dict() for t in self.tasks],
-            "primary_task": self.bundle.primary_task,
-            "data_sizes": {"train": len(self.bundle.train), "val": len(self.bundle.val), "test": len(self.bundle.test) if self.bundle.test is not None else 0},
-            "effective_batch_size": cfg.trainer.batch_size * self.accum * self.dist.world_size,  # examples per optimiser step
-            "world_size": self.dist.world_size,  # data-parallel processes (trainer.batch_size is per process)
-            "reproducibility": reproducibility_info(cfg.seed, cfg.deterministic),
-            "git": git_info(),
-            "versions": library_versions(),
-            "config": self.resolved_config,
-        }
-        if status == "completed" and self.checkpoints is not None and cfg.checkpoint.export and self.checkpoints.best_path is not None:
-            from emotrain.checkpointing import export_model
+        test, test_at_05, per_class, confusion = self._test(
+            thresholds, run=status == "completed" or bool(state.history)
+        )
+        result = RunResult(
+            status=status,
+            error=error,
+            objective={"metric": self.monitor, "mode": self.mode, "split": "val", "value": state.best_value},
+            best={
+                "epoch": state.best_epoch,
+                "step": state.best_step,
+                "metric": self.monitor,
+                "mode": self.mode,
+                "value": state.best_value,
+                "split": "val",
+            },
+            decisions={
+                "policy": self.thresholds.suffix or "0.5",
+                "description": self.thresholds.description,
+                "applies_to": [t.name for t in self.tasks if t.multilabel],
+            },
+            best_epoch=state.best_epoch,
+            epochs_run=state.epoch,
+            global_steps=state.global_step,
+            stopped_early=state.stopped_early,
+            best_val=state.best_metrics,
+            final_val=state.history[-1]["val"] if state.history else {},
+            test=test,
+            test_at_05=test_at_05,
+            test_per_class=per_class,
+            thresholds=thresholds,
+            history=state.history,
+            lr_per_step=state.lr_history,
+            wall_time_s=round(time.time() - self.started, 3),
+            train_samples_per_s=round(state.train_examples / max(state.train_seconds, 1e-9), 2),
+            device=self.device.type,
+            precision={
+                "requested": self.requested_precision,
+                "effective": self.mp.precision,
+                "skipped_steps": self.mp.skipped_steps,
+            },
+            seed=cfg.seed,
+            deterministic=cfg.deterministic,
+            overrides=self.overrides,
+            resumed_from=self.resumed_from,
+            tasks=[t.to_dict() for t in self.tasks],
+            primary_task=self.bundle.primary_task,
+            data_sizes={
+                "train": len(self.bundle.train),
+                "val": len(self.bundle.val),
+                "test": len(self.bundle.test) if self.bundle.test is not None else 0,
+            },
+            effective_batch_size=self.effective_batch_size,
+            world_size=self.dp.world_size,
+            reproducibility=reproducibility_info(cfg.seed, cfg.deterministic),
+            git=git_info(),
+            versions=library_versions(),
+            config=self.resolved_config,
+        )
+        if (
+            status == "completed"
+            and self.checkpoints is not None
+            and cfg.checkpoint.export
+            and self.checkpoints.best_path is not None
+        ):
+            from emotrain.inference.model_dir import export_model
 
-            results["model_dir"] = str(export_model(self.checkpoints.best_path, self.out_dir / "model", self.tokenizer, thresholds=thresholds))
-        if cfg.report and self.is_main:  # data parallel: only rank 0 writes (export: self.checkpoints is None elsewhere)
-            self._write_report(results, test["per_class"], confusion)
+            result.model_dir = str(
+                export_model(self.checkpoints.best_path, self.out_dir / "model", self.tokenizer, thresholds=thresholds)
+            )
+        results = result.to_dict()
+        if (
+            cfg.report and self.is_main
+        ):  # data parallel: only rank 0 writes (export: self.checkpoints is None elsewhere)
+            self._write_report(results, per_class, confusion)
         if self.is_main:
-            write_json(self.out_dir / "metrics.json", results)
-            log.info("wrote %s (%.1fs)", self.out_dir / "metrics.json", results["wall_time_s"], extra=FILE_ONLY)
+            result.write(self.out_dir)
+            log.info("wrote %s (%.1fs)", self.out_dir / "metrics.json", result.wall_time_s, extra=FILE_ONLY)
             self._log_results(results)
         self.tracker.log_metrics({f"test/{k}": v for k, v in results["test"].items()}, step=state.global_step)
         self.tracker.log_artifacts(self.out_dir)
@@ -738,12 +912,25 @@ class TrainingRecipe:
         """The answer, at the end of the console: per-task test results, how best was chosen, where the files are."""
         best = results["best"]
         if results["test"]:
-            log.info("test results of the best epoch (%s of %s, by val %s, %s = %.4f):", best["epoch"], results["epochs_run"], best["metric"], best["mode"], best["value"])
-            for line in results_table(results["tasks"], results["test"], results["test_at_0.5"], n_test=results["data_sizes"]["test"]):
+            log.info(
+                "test results of the best epoch (%s of %s, by val %s, %s = %.4f):",
+                best["epoch"],
+                results["epochs_run"],
+                best["metric"],
+                best["mode"],
+                best["value"],
+            )
+            for line in results_table(
+                results["tasks"], results["test"], results["test_at_0.5"], n_test=results["data_sizes"]["test"]
+            ):
                 log.info("  %s", line)
             if results["decisions"]["applies_to"]:
                 log.info("  multi-label decisions: %s", results["decisions"]["description"])
-        files = [name for name in ("metrics.json", "report/report.html", "model/", "checkpoints/") if (self.out_dir / name.rstrip("/")).exists()]
+        files = [
+            name
+            for name in ("metrics.json", "report/report.html", "model/", "checkpoints/")
+            if (self.out_dir / name.rstrip("/")).exists()
+        ]
         log.info("outputs in %s: %s", self.out_dir, ", ".join(files))
 
     def _write_report(self, results: dict, per_class: dict, confusion: dict) -> None:
@@ -751,13 +938,13 @@ class TrainingRecipe:
 
         epochs = [h for h in self.state.history if h.get("epoch_done", True)]
         generate_training_report(
-            [h["train_loss"] for h in epochs],
-            [h["val"]["loss"] for h in epochs],
-            None,
-            [h["val"] for h in epochs],
-            self.resolved_config,
-            self.out_dir / "report",
-            self.cfg.checkpoint.prefix,
+            train_losses=[h["train_loss"] for h in epochs],
+            val_losses=[h["val"]["loss"] for h in epochs],
+            train_metrics=None,
+            val_metrics=[h["val"] for h in epochs],
+            hyperparameters=self.resolved_config,
+            output_dir=self.out_dir / "report",
+            prefix=self.cfg.checkpoint.prefix,
             per_class=per_class or None,
             confusion=confusion or None,
             best=results["best"],
@@ -778,7 +965,9 @@ def run(cfg: DictConfig, overrides: list[str] | None = None) -> dict:
             try:
                 recipe.save(status="diverged", error=str(e))
             except Exception as save_error:  # the error that stopped training matters more
-                log.warning("could not write the results of the diverged run: %s: %s", type(save_error).__name__, save_error)
+                log.warning(
+                    "could not write the results of the diverged run: %s: %s", type(save_error).__name__, save_error
+                )
             raise
         return recipe.save()  # save() closes the tracker: FINISHED
     except BaseException as e:

@@ -8,7 +8,6 @@ interactive backend is left alone. Every file is written atomically.
 from __future__ import annotations
 
 import datetime as _dt
-import enum
 import io
 import logging
 import math
@@ -29,6 +28,7 @@ from matplotlib.ticker import MaxNLocator  # noqa: E402
 from emotrain.config import flatten_dict  # noqa: E402
 from emotrain.console import FILE_ONLY  # noqa: E402
 from emotrain.io import atomic_write, finite_or_none, write_json  # noqa: E402
+from emotrain.utils import best_index, json_safe  # noqa: E402
 
 log = logging.getLogger(__name__)
 
@@ -59,33 +59,9 @@ def _hp(x) -> str:
     return "null" if x is None else str(x)
 
 
-def _plain(obj):
-    """JSON-ready copy: containers to dict/list, numpy/torch scalars and arrays to Python, non-finite to None."""
-    try:
-        from omegaconf import DictConfig, ListConfig, OmegaConf
-
-        if isinstance(obj, (DictConfig, ListConfig)):
-            obj = OmegaConf.to_container(obj, resolve=True, enum_to_str=True)
-    except ImportError:  # pragma: no cover
-        pass
-    if isinstance(obj, Mapping):
-        return {str(k): _plain(v) for k, v in obj.items()}
-    if isinstance(obj, (list, tuple, set, frozenset)):
-        return [_plain(v) for v in obj]
-    if hasattr(obj, "tolist") and not isinstance(obj, (str, bytes)):
-        return _plain(obj.tolist())
-    if isinstance(obj, enum.Enum):
-        return _plain(obj.value)
-    if isinstance(obj, float):
-        return obj if math.isfinite(obj) else None
-    if obj is None or isinstance(obj, (bool, int, str)):
-        return obj
-    return str(obj)
-
-
 def flatten_config(cfg, prefix: str = "") -> dict:
     """{"a": {"b": 1}} -> {"a.b": 1}; lists stay values."""
-    cfg = _plain(cfg) if cfg is not None else {}
+    cfg = json_safe(cfg) if cfg is not None else {}
     if not isinstance(cfg, dict):
         return {prefix or "value": cfg}
     return flatten_dict(cfg, prefix)
@@ -131,19 +107,24 @@ def _epoch_axis(ax, epochs: list[int]) -> None:
 
 def default_best(val_losses) -> dict:
     """Without a monitored metric: the epoch of the lowest finite validation loss (first one on ties)."""
-    best_epoch, best = None, None
-    for i, v in enumerate(val_losses or [], start=1):
-        v = finite_or_none(v)
-        if v is not None and (best is None or v < best):
-            best_epoch, best = i, v
-    return {"epoch": best_epoch, "metric": "loss", "mode": "min", "value": best}
+    values = [finite_or_none(v) for v in val_losses or []]
+    i = best_index(values, "min")
+    return {
+        "epoch": None if i is None else i + 1,
+        "metric": "loss",
+        "mode": "min",
+        "value": None if i is None else values[i],
+    }
 
 
 def describe_best(best: Mapping) -> str:
     """'epoch 8 (by val emotion/accuracy, max = 0.6714)': which evaluation was kept, and why."""
     if not best or best.get("epoch") is None:
         return "n/a"
-    return f"epoch {best['epoch']} (by val {best.get('metric', 'loss')}, {best.get('mode', 'min')} = {_fmt(best.get('value'))})"
+    return (
+        f"epoch {best['epoch']} (by val {best.get('metric', 'loss')}, "
+        f"{best.get('mode', 'min')} = {_fmt(best.get('value'))})"
+    )
 
 
 # Per-task series of the validation curves: (metric key suffix, legend label, line style, marker).
@@ -174,7 +155,9 @@ def _task_groups(val_metrics) -> dict[str, bool]:
 # --------------------------------------------------------------------------- figures
 
 
-def plot_loss_curves(train_losses, val_losses, val_metrics, path: Path, title: str, best: Mapping | None = None) -> Path:
+def plot_loss_curves(
+    train_losses, val_losses, val_metrics, path: Path, title: str, best: Mapping | None = None
+) -> Path:
     return _save_figure(loss_curves_figure(train_losses, val_losses, val_metrics, title, best), path)
 
 
@@ -192,7 +175,7 @@ def loss_curves_figure(train_losses, val_losses, val_metrics, title: str, best: 
         ax.plot(xs, ys, "s-", color="tab:orange", lw=2, label="validation loss")
     task_keys = []
     for d in val_metrics or []:
-        for k in (d or {}):
+        for k in d or {}:
             if k.endswith("/loss") and k not in task_keys:
                 task_keys.append(k)
     for k in task_keys:
@@ -202,7 +185,15 @@ def loss_curves_figure(train_losses, val_losses, val_metrics, title: str, best: 
     epoch = best.get("epoch")
     if epoch is not None and 1 <= epoch <= len(val_losses or []) and finite_or_none(val_losses[epoch - 1]) is not None:
         ax.axvline(epoch, color="grey", ls="--", lw=1)
-        ax.plot([epoch], [val_losses[epoch - 1]], "*", color="tab:red", ms=14, zorder=5, label=f"kept: {describe_best(best)}")
+        ax.plot(
+            [epoch],
+            [val_losses[epoch - 1]],
+            "*",
+            color="tab:red",
+            ms=14,
+            zorder=5,
+            label=f"kept: {describe_best(best)}",
+        )
     if not ax.lines:
         ax.text(0.5, 0.5, "no losses recorded", ha="center", va="center", transform=ax.transAxes)
     ax.set_title(title)
@@ -249,18 +240,36 @@ def metric_curves_figure(train_metrics, val_metrics, title: str, best: Mapping |
         values: list[float] = []
         if panel in tasks:
             multilabel = tasks[panel]
-            for i, (metric, label, style, marker) in enumerate(_MULTILABEL_SERIES if multilabel else _SINGLE_LABEL_SERIES):
-                values += _draw_series(ax, val_metrics, f"{panel}/{metric}", label, style, marker, colors[i % len(colors)])
+            for i, (metric, label, style, marker) in enumerate(
+                _MULTILABEL_SERIES if multilabel else _SINGLE_LABEL_SERIES
+            ):
+                values += _draw_series(
+                    ax, val_metrics, f"{panel}/{metric}", label, style, marker, colors[i % len(colors)]
+                )
                 if has_train:
-                    values += _draw_series(ax, train_metrics, f"{panel}/{metric}", f"train {label}", (0, (2, 2)), "x", colors[i % len(colors)])
+                    values += _draw_series(
+                        ax,
+                        train_metrics,
+                        f"{panel}/{metric}",
+                        f"train {label}",
+                        (0, (2, 2)),
+                        "x",
+                        colors[i % len(colors)],
+                    )
             kind = "multi-label" if multilabel else "single-label"
             ax.set_title(f"task {panel} ({kind}), validation split")
         else:
             for i, task in enumerate(tasks):
-                suffix = next((s for s in ("_tuned", "_fixed") if any(f"{task}/macro_f1{s}" in d for d in val_metrics)), "")
+                suffix = next(
+                    (s for s in ("_tuned", "_fixed") if any(f"{task}/macro_f1{s}" in d for d in val_metrics)), ""
+                )
                 how = {"_tuned": " (tuned thresholds)", "_fixed": " (fixed threshold)"}.get(suffix, "")
-                values += _draw_series(ax, val_metrics, f"{task}/macro_f1{suffix}", f"{task}{how}", "-", "o", colors[i % len(colors)])
-            mean_key = next((k for k in ("macro_f1_tuned", "macro_f1_fixed") if any(k in d for d in val_metrics)), "macro_f1")
+                values += _draw_series(
+                    ax, val_metrics, f"{task}/macro_f1{suffix}", f"{task}{how}", "-", "o", colors[i % len(colors)]
+                )
+            mean_key = next(
+                (k for k in ("macro_f1_tuned", "macro_f1_fixed") if any(k in d for d in val_metrics)), "macro_f1"
+            )
             values += _draw_series(ax, val_metrics, mean_key, "mean over tasks", "--", "s", "black")
             ax.set_title("macro-F1 of every task, validation split")
         if epoch is not None:
@@ -272,14 +281,16 @@ def metric_curves_figure(train_metrics, val_metrics, title: str, best: Mapping |
         handles = ax.get_legend_handles_labels()[0]
         if handles:  # below the plot: never hides a curve
             ax.legend(loc="upper center", bbox_to_anchor=(0.5, -0.16), ncol=2, fontsize=8, frameon=False)
-    for ax in axes[len(panels):]:
+    for ax in axes[len(panels) :]:
         ax.set_axis_off()
     return fig
 
 
 def plot_per_class_f1(task: str, table: Mapping, path: Path, title: str) -> Path:
     """Horizontal F1 bars, best at the top, each annotated with F1 and support; height grows with the labels."""
-    rows = [(str(label), finite_or_none((m or {}).get("f1")) or 0.0, (m or {}).get("support")) for label, m in table.items()]
+    rows = [
+        (str(label), finite_or_none((m or {}).get("f1")) or 0.0, (m or {}).get("support")) for label, m in table.items()
+    ]
     rows.sort(key=lambda r: r[1])  # barh draws bottom-up: best ends on top
     n = len(rows)
     fig = Figure(figsize=(9, max(3.0, 0.3 * n + 1.6)), layout="constrained")
@@ -291,8 +302,15 @@ def plot_per_class_f1(task: str, table: Mapping, path: Path, title: str) -> Path
     ax.set_ylim(-0.6, n - 0.4)
     for yi, (_, v, support) in zip(y, rows):
         s = "" if support is None else f"  (n={int(support)})"
-        ax.text(v + 0.01, yi, f"{v:.2f}{s}", va="center", fontsize=8, zorder=4,
-                bbox={"facecolor": "white", "edgecolor": "none", "alpha": 0.8, "pad": 0.6})
+        ax.text(
+            v + 0.01,
+            yi,
+            f"{v:.2f}{s}",
+            va="center",
+            fontsize=8,
+            zorder=4,
+            bbox={"facecolor": "white", "edgecolor": "none", "alpha": 0.8, "pad": 0.6},
+        )
     if n:
         macro = float(np.mean(f1))
         ax.axvline(macro, color="tab:red", ls="--", lw=1, zorder=3, label=f"macro F1 = {macro:.3f}")
@@ -313,7 +331,10 @@ def confusion_counts(spec: Mapping) -> tuple[list[str], np.ndarray]:
     labels = [str(x) for x in spec["labels"]]
     y_true, y_pred = np.asarray(spec["y_true"]), np.asarray(spec["y_pred"])
     if y_true.ndim != 1 or y_pred.shape != y_true.shape:
-        raise ValueError(f"y_true/y_pred must be 1-D and of equal length (got {y_true.shape} and {y_pred.shape}); multi-label tasks have no confusion matrix")
+        raise ValueError(
+            f"y_true/y_pred must be 1-D and of equal length (got {y_true.shape} and {y_pred.shape}); multi-label "
+            "tasks have no confusion matrix"
+        )
     if y_true.dtype.kind in "US" or y_pred.dtype.kind in "US" or y_true.dtype == object:
         ids = labels
         y_true, y_pred = y_true.astype(str), y_pred.astype(str)
@@ -341,8 +362,15 @@ def plot_confusion(task: str, labels: list[str], counts: np.ndarray, path: Path,
     if n <= 12:
         for i in range(n):
             for j in range(n):
-                ax.text(j, i, f"{counts[i, j]}\n{norm[i, j]:.0%}", ha="center", va="center", fontsize=8,
-                        color="white" if norm[i, j] > 0.5 else "black")
+                ax.text(
+                    j,
+                    i,
+                    f"{counts[i, j]}\n{norm[i, j]:.0%}",
+                    ha="center",
+                    va="center",
+                    fontsize=8,
+                    color="white" if norm[i, j] > 0.5 else "black",
+                )
     return _save_figure(fig, path)
 
 
@@ -352,7 +380,12 @@ def plot_confusion(task: str, labels: list[str], counts: np.ndarray, path: Path,
 def _test_table(run: Mapping) -> list[str]:
     from emotrain.console import results_table
 
-    return results_table(run.get("tasks") or [], run.get("test") or {}, run.get("test_at_0.5") or {}, n_test=(run.get("data_sizes") or {}).get("test", 0))
+    return results_table(
+        run.get("tasks") or [],
+        run.get("test") or {},
+        run.get("test_at_0.5") or {},
+        n_test=(run.get("data_sizes") or {}).get("test", 0),
+    )
 
 
 def _threshold_lines(run: Mapping) -> list[str]:
@@ -371,8 +404,11 @@ def _history_lines(history, monitor: str) -> list[str]:
         if not h.get("epoch_done", True):
             continue
         val = h.get("val") or {}
-        lines.append(f"  {h.get('epoch', ''):>5} {h.get('step', ''):>7} {_fmt(h.get('train_loss')):>11} {_fmt(val.get('loss')):>9} "
-                     f"{_fmt(val.get(monitor)):>{max(len(monitor), 8)}}")
+        lines.append(
+            f"  {h.get('epoch', ''):>5} {h.get('step', ''):>7} {_fmt(h.get('train_loss')):>11} "
+            f"{_fmt(val.get('loss')):>9} "
+            f"{_fmt(val.get(monitor)):>{max(len(monitor), 8)}}"
+        )
     return lines
 
 
@@ -389,7 +425,9 @@ def format_summary(hyperparameters, train_losses, val_losses, val_metrics, extra
         lines += ["", "Test results (model of the kept epoch):"] + [f"  {line}" for line in _test_table(run)]
         decisions = run.get("decisions") or {}
         if decisions.get("applies_to"):
-            lines.append(f"  multi-label tasks ({', '.join(decisions['applies_to'])}) decide with {decisions['description']};")
+            lines.append(
+                f"  multi-label tasks ({', '.join(decisions['applies_to'])}) decide with {decisions['description']};"
+            )
             lines.append("  macro-F1@0.5: the same model with every label at 0.5")
         if run.get("thresholds"):
             lines += ["", "Decision thresholds per label:"] + _threshold_lines(run)
@@ -397,7 +435,11 @@ def format_summary(hyperparameters, train_losses, val_losses, val_metrics, extra
         lines += ["", "Test results: none (no test split, or training stopped before an evaluation)"]
     at_best = val_metrics_at(best["epoch"], val_metrics, run) if best.get("epoch") is not None else {}
     if at_best:
-        lines += ["", f"Validation at the kept epoch ({', '.join(f'{k} {_fmt(v)}' for k, v in at_best.items() if '/' not in k)}):"]
+        lines += [
+            "",
+            "Validation at the kept epoch "
+            f"({', '.join(f'{k} {_fmt(v)}' for k, v in at_best.items() if '/' not in k)}):",
+        ]
         lines += [f"  {k}: {_fmt(v)}" for k, v in at_best.items() if "/" in k]
     lines += ["", "Per epoch:"]
     if run and run.get("history"):
@@ -413,29 +455,43 @@ def format_summary(hyperparameters, train_losses, val_losses, val_metrics, extra
         lines += [
             "",
             "Training:",
-            f"  {run.get('epochs_run')} epochs, {run.get('global_steps')} optimiser steps, {run.get('train_samples_per_s')} samples/s, "
+            f"  {run.get('epochs_run')} epochs, {run.get('global_steps')} optimiser steps, "
+            f"{run.get('train_samples_per_s')} samples/s, "
             f"{run.get('wall_time_s')} s wall",
-            f"  device {run.get('device')}, precision {precision.get('effective')} (requested {precision.get('requested')}), "
+            f"  device {run.get('device')}, precision {precision.get('effective')} (requested "
+            f"{precision.get('requested')}), "
             f"seed {run.get('seed')}, deterministic {run.get('deterministic')}",
-            f"  data: train {(run.get('data_sizes') or {}).get('train')}, val {(run.get('data_sizes') or {}).get('val')}, "
+            f"  data: train {(run.get('data_sizes') or {}).get('train')}, val "
+            f"{(run.get('data_sizes') or {}).get('val')}, "
             f"test {(run.get('data_sizes') or {}).get('test')}",
         ]
         if run.get("resumed_from"):
             lines.append(f"  resumed from {run['resumed_from']}")
-        lines += ["", "Files (in the run directory):",
-                  "  metrics.json (every number, with history), checkpoints/, model/, emotrain.log,",
-                  "  report/report.html (this summary with the plots), report/*.png, report/report.json"]
+        lines += [
+            "",
+            "Files (in the run directory):",
+            "  metrics.json (every number, with history), checkpoints/, model/, emotrain.log,",
+            "  report/report.html (this summary with the plots), report/*.png, report/report.json",
+        ]
     elif extra:
-        scalars = {k: v for k, v in flatten_config(extra).items() if isinstance(v, (int, float, str, bool)) or v is None}
+        scalars = {
+            k: v for k, v in flatten_config(extra).items() if isinstance(v, (int, float, str, bool)) or v is None
+        }
         if scalars:
-            lines += ["", "Extra:"] + [f"  {k}: {_fmt(v) if isinstance(v, float) else _hp(v)}" for k, v in scalars.items()]
+            lines += ["", "Extra:"] + [
+                f"  {k}: {_fmt(v) if isinstance(v, float) else _hp(v)}" for k, v in scalars.items()
+            ]
     lines += ["", "Configuration:"]
     lines += [f"  {k}: {_hp(v)}" for k, v in flatten_config(hyperparameters).items()] or ["  (none)"]
     if run:
         versions = run.get("versions") or {}
         git = run.get("git") or {}
-        lines += ["", "Versions: " + ", ".join(f"{k} {v}" for k, v in versions.items() if v is not None and k != "platform"),
-                  f"Git: {git.get('commit') or 'n/a'}{' (uncommitted changes)' if git.get('dirty') else ''}; platform {versions.get('platform')}"]
+        lines += [
+            "",
+            "Versions: " + ", ".join(f"{k} {v}" for k, v in versions.items() if v is not None and k != "platform"),
+            f"Git: {git.get('commit') or 'n/a'}{' (uncommitted changes)' if git.get('dirty') else ''}; platform "
+            f"{versions.get('platform')}",
+        ]
     return "\n".join(lines) + "\n"
 
 
@@ -450,8 +506,21 @@ def val_metrics_at(epoch: int, val_metrics, run) -> dict:
 # --------------------------------------------------------------------------- entry point
 
 
-def generate_training_report(train_losses, val_losses, train_metrics, val_metrics, hyperparameters, output_dir, prefix="emotrain", *,
-                             per_class=None, confusion=None, extra=None, best=None, run=None) -> dict[str, Path]:
+def generate_training_report(
+    train_losses,
+    val_losses,
+    train_metrics,
+    val_metrics,
+    hyperparameters,
+    output_dir,
+    prefix="emotrain",
+    *,
+    per_class=None,
+    confusion=None,
+    extra=None,
+    best=None,
+    run=None,
+) -> dict[str, Path]:
     """Write loss_curves.png, metrics_curves.png, report.json, summary.txt, report.html (and per-class / confusion
     figures) into `output_dir`.
 
@@ -470,13 +539,27 @@ def generate_training_report(train_losses, val_losses, train_metrics, val_metric
     best = dict(best) if best else default_best(val_losses)
     files: dict[str, Path] = {}
 
-    files["loss_curves"] = plot_loss_curves(train_losses, val_losses, val_metrics, out / "loss_curves.png", f"{prefix}: loss per epoch (train and validation splits)", best)
+    files["loss_curves"] = plot_loss_curves(
+        train_losses,
+        val_losses,
+        val_metrics,
+        out / "loss_curves.png",
+        f"{prefix}: loss per epoch (train and validation splits)",
+        best,
+    )
     split = "train and validation splits" if any(train_metrics) else "validation split"
-    files["metrics_curves"] = plot_metric_curves(train_metrics, val_metrics, out / "metrics_curves.png", f"{prefix}: metrics per epoch ({split})", best)
+    files["metrics_curves"] = plot_metric_curves(
+        train_metrics, val_metrics, out / "metrics_curves.png", f"{prefix}: metrics per epoch ({split})", best
+    )
 
     for task, table in (per_class or {}).items():
         if table:
-            files[f"per_class_f1_{task}"] = plot_per_class_f1(task, table, out / f"per_class_f1_{task}.png", f"{prefix}: per-class F1 - {task} (test split, kept model)")
+            files[f"per_class_f1_{task}"] = plot_per_class_f1(
+                task,
+                table,
+                out / f"per_class_f1_{task}.png",
+                f"{prefix}: per-class F1 - {task} (test split, kept model)",
+            )
     confusion_json = {}
     for task, spec in (confusion or {}).items():
         try:
@@ -485,7 +568,13 @@ def generate_training_report(train_losses, val_losses, train_metrics, val_metric
             log.warning("no confusion matrix for task %s: %s", task, e)
             continue
         confusion_json[task] = {"labels": labels, "matrix": counts.tolist(), "rows": "true", "columns": "predicted"}
-        files[f"confusion_matrix_{task}"] = plot_confusion(task, labels, counts, out / f"confusion_matrix_{task}.png", f"{prefix}: confusion matrix - {task} (test split, row-normalised)")
+        files[f"confusion_matrix_{task}"] = plot_confusion(
+            task,
+            labels,
+            counts,
+            out / f"confusion_matrix_{task}.png",
+            f"{prefix}: confusion matrix - {task} (test split, row-normalised)",
+        )
 
     final_metrics = val_metrics[-1] if val_metrics else {}
     epoch = best.get("epoch")
@@ -499,7 +588,9 @@ def generate_training_report(train_losses, val_losses, train_metrics, val_metric
         "epochs": max(len(train_losses), len(val_losses)),
         "best": best,  # the kept epoch and the metric / mode that chose it (the same as metrics.json's)
         "best_epoch": epoch,
-        "val_loss_at_best_epoch": val_losses[epoch - 1] if epoch is not None and 1 <= epoch <= len(val_losses) else None,
+        "val_loss_at_best_epoch": val_losses[epoch - 1]
+        if epoch is not None and 1 <= epoch <= len(val_losses)
+        else None,
         "final_train_loss": train_losses[-1] if train_losses else None,
         "final_val_loss": val_losses[-1] if val_losses else None,
         "train_losses": train_losses,
@@ -513,10 +604,10 @@ def generate_training_report(train_losses, val_losses, train_metrics, val_metric
         "extra": extra or {},
         "files": {k: p.name for k, p in files.items()},
     }
-    report = _plain(report)
+    report = json_safe(report)
     from emotrain.reports_html import run_report_html
 
-    page = run_report_html(report, summary, out, run=_plain(run) if run else None)
+    page = run_report_html(report, summary, out, run=json_safe(run) if run else None)
     atomic_write(files["html"], lambda fh: fh.write(page))
     write_json(files["report"], report)
     log.info("wrote training report to %s", out, extra=FILE_ONLY)

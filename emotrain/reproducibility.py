@@ -51,7 +51,9 @@ def git_info(path: Path | None = None) -> dict:
     cwd = Path(path) if path else package
     none = {"commit": None, "dirty": None}
     try:
-        top = subprocess.run(["git", "rev-parse", "--show-toplevel"], cwd=cwd, capture_output=True, text=True, timeout=5)
+        top = subprocess.run(
+            ["git", "rev-parse", "--show-toplevel"], cwd=cwd, capture_output=True, text=True, timeout=5
+        )
         if top.returncode != 0:
             return none
         if path is None and Path(top.stdout.strip()).resolve() / package.name != package:
@@ -59,7 +61,9 @@ def git_info(path: Path | None = None) -> dict:
         commit = subprocess.run(["git", "rev-parse", "HEAD"], cwd=cwd, capture_output=True, text=True, timeout=5)
         if commit.returncode != 0:
             return none
-        status = subprocess.run(["git", "status", "--porcelain", "--untracked-files=no"], cwd=cwd, capture_output=True, text=True, timeout=5)
+        status = subprocess.run(
+            ["git", "status", "--porcelain", "--untracked-files=no"], cwd=cwd, capture_output=True, text=True, timeout=5
+        )
         return {"commit": commit.stdout.strip(), "dirty": bool(status.stdout.strip())}
     except (OSError, subprocess.SubprocessError):
         return none
@@ -69,7 +73,18 @@ def library_versions() -> dict:
     import importlib.metadata as md
 
     out = {"python": sys.version.split()[0], "platform": platform.platform()}
-    for pkg in ("emotrain", "torch", "transformers", "tokenizers", "hydra-core", "omegaconf", "numpy", "scikit-learn", "pandas", "onnxruntime"):
+    for pkg in (
+        "emotrain",
+        "torch",
+        "transformers",
+        "tokenizers",
+        "hydra-core",
+        "omegaconf",
+        "numpy",
+        "scikit-learn",
+        "pandas",
+        "onnxruntime",
+    ):
         try:
             out[pkg] = md.version(pkg)
         except md.PackageNotFoundError:
@@ -106,7 +121,15 @@ def restore_rng_state(state: dict) -> None:
     if state.get("numpy") is not None:
         n = state["numpy"]
         keys = n["keys"].numpy() if isinstance(n["keys"], torch.Tensor) else np.asarray(n["keys"])
-        np.random.set_state((n["bit_generator"], keys.astype(np.uint32), int(n["pos"]), int(n["has_gauss"]), float(n["cached_gaussian"])))
+        np.random.set_state(
+            (
+                n["bit_generator"],
+                keys.astype(np.uint32),
+                int(n["pos"]),
+                int(n["has_gauss"]),
+                float(n["cached_gaussian"]),
+            )
+        )
     if state.get("torch") is not None:
         torch.set_rng_state(state["torch"].to(torch.uint8).cpu())
     cuda = state.get("cuda")
@@ -114,14 +137,20 @@ def restore_rng_state(state: dict) -> None:
         if len(cuda) == torch.cuda.device_count():
             torch.cuda.set_rng_state_all([s.to(torch.uint8).cpu() for s in cuda])
         else:
-            log.warning("checkpoint has CUDA RNG states for %d devices, this machine has %d: CUDA RNG not restored", len(cuda), torch.cuda.device_count())
+            log.warning(
+                "checkpoint has CUDA RNG states for %d devices, this machine has %d: CUDA RNG not restored",
+                len(cuda),
+                torch.cuda.device_count(),
+            )
 
 
 KNOWN_LIMITS = [
     "bitwise-identical results need the same hardware, library versions, thread count and precision",
-    "deterministic=false allows non-deterministic kernels (CUDA atomics, cuDNN autotuning): expect small run-to-run differences on GPU",
+    "deterministic=false allows non-deterministic kernels (CUDA atomics, cuDNN autotuning): expect small run-to-run "
+    "differences on GPU",
     "bf16/fp16 autocast changes numerics: runs are only comparable at the same effective precision",
-    "a resume continues the same random stream only from checkpoints written by emotrain (RNG states are stored in them)",
+    "a resume continues the same random stream only from checkpoints written by emotrain (RNG states are stored in "
+    "them)",
 ]
 
 

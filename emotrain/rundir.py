@@ -38,7 +38,7 @@ class RunDirLock:
             os.close(self._fd)  # closing the descriptor drops the flock
             self._fd = None
 
-    def __enter__(self) -> "RunDirLock":
+    def __enter__(self) -> RunDirLock:
         return self
 
     def __exit__(self, *exc) -> None:
@@ -74,7 +74,9 @@ def is_resuming(run_dir: Path, resume: str | None, root_dir: Path) -> bool:
     return target == run_dir or run_dir in target.parents
 
 
-def claim_run_dir(run_dir: str | os.PathLike, *, resume: str | None = None, root_dir: str | os.PathLike = ".") -> RunDirLock:
+def claim_run_dir(
+    run_dir: str | os.PathLike, *, resume: str | None = None, root_dir: str | os.PathLike = "."
+) -> RunDirLock:
     """Lock `run_dir` for this process and check that it holds no other run; ConfigError (one line) otherwise.
 
     Resuming the run that lives in `run_dir` (resume=<run_dir> or one of its checkpoints) may

@@ -121,7 +121,7 @@ def sqlite_path(uri: str) -> Path | None:
     """The database file of a local `sqlite:///path` URI (relative to the cwd; 4 slashes: absolute)."""
     if not uri.startswith("sqlite:///"):
         return None
-    path = uri[len("sqlite:///"):].split("?", 1)[0]
+    path = uri[len("sqlite:///") :].split("?", 1)[0]
     if not path or path == ":memory:":
         return None
     return Path(path)
@@ -156,7 +156,9 @@ class MLflowTracker:
             tags = {"emotrain.output_dir": str(Path(output_dir).resolve()), "mlflow.source.name": "emotrain"}
             run = self.client.create_run(experiment_id, run_name=run_name, tags=tags)
         except ImportError as e:  # e.g. sqlalchemy / alembic missing for a sqlite store
-            raise ConfigError(f"logger.tracking_uri={shown} needs the '{e.name}' package: pip install -e '.[mlflow]'") from e
+            raise ConfigError(
+                f"logger.tracking_uri={shown} needs the '{e.name}' package: pip install -e '.[mlflow]'"
+            ) from e
         except Exception as e:  # noqa: BLE001 - any store error is a config problem at this point
             first = (str(getattr(e, "message", e)).strip().splitlines() or [type(e).__name__])[0]
             raise ConfigError(f"logger.tracking_uri={shown}: cannot open the MLflow tracking store ({first})") from e
@@ -213,7 +215,9 @@ class MLflowTracker:
         for name in ARTIFACTS:
             path = directory / name
             if path.is_dir():
-                self._safe(f"log_artifacts({name})", self.client.log_artifacts, self.run_id, str(path), artifact_path=name)
+                self._safe(
+                    f"log_artifacts({name})", self.client.log_artifacts, self.run_id, str(path), artifact_path=name
+                )
             elif path.is_file():
                 self._safe(f"log_artifact({name})", self.client.log_artifact, self.run_id, str(path))
         for path in sorted(directory.glob("*.log")):  # Hydra's job log

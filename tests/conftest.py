@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import os
+import subprocess
+import sys
 from pathlib import Path
 
 import pytest
@@ -26,8 +28,47 @@ TINY = [
 ]
 
 
-# Tiny backbone, no checkpoints or report, one thread (the CPU is shared): each run takes a fraction of a second.
-QUICK = [*TINY, "checkpoint=none", "report=false", "data.max_eval_examples=16", "trainer.num_threads=1"]
+def quick(*extra: str, checkpoints: bool = False, report: bool = False, max_eval: int = 16) -> list[str]:
+    """Overrides of a real-but-short training: the tiny backbone, fp32, one epoch, one thread (the CPU is shared), no
+    checkpoints or report unless asked, the eval splits capped; then `extra`. Each run takes a fraction of a second."""
+    return [
+        *TINY,
+        "trainer.num_threads=1",
+        f"data.max_eval_examples={max_eval}",
+        *([] if checkpoints else ["checkpoint=none"]),
+        *([] if report else ["report=false"]),
+        *extra,
+    ]
+
+
+QUICK = quick()
+
+
+def subprocess_env(cache: Path | None = None, **extra: str) -> dict:
+    """The environment of an emotrain subprocess in the tests: offline, quiet tokenizers, its own cache, the user's
+    HYDRA_FULL_ERROR dropped (the one-line errors are under test); `extra` on top."""
+    env = {**os.environ, "HF_HUB_OFFLINE": "1", "TRANSFORMERS_OFFLINE": "1", "TOKENIZERS_PARALLELISM": "false"}
+    env.pop("HYDRA_FULL_ERROR", None)
+    if cache is not None:
+        env["EMOTRAIN_CACHE"] = str(cache)
+    return {**env, **extra}
+
+
+def run_emotrain(
+    args: list[str], cwd: Path, *, timeout: int = 240, cache: Path | None = None, **kwargs
+) -> subprocess.CompletedProcess:
+    """`python -m emotrain ARGS` from `cwd`, as a user runs it (the package finds its configs itself), offline; the
+    token cache in `cache` (default: cwd/cache)."""
+    env = subprocess_env(cache if cache is not None else cwd / "cache")
+    return subprocess.run(
+        [sys.executable, "-m", "emotrain", *args],
+        cwd=cwd,
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=timeout,
+        **kwargs,
+    )
 
 
 @pytest.fixture(autouse=True)

@@ -21,10 +21,17 @@ from pathlib import Path
 TESTS = Path(__file__).resolve().parent
 sys.path.insert(0, str(TESTS))
 
-from conftest import GOEMOTIONS_DIR, QUICK, REPO_ROOT, copy_goemotions_slice, train  # noqa: E402
+from conftest import GOEMOTIONS_DIR, QUICK, REPO_ROOT, copy_goemotions_slice, subprocess_env, train  # noqa: E402
 
 GOLDEN_FILE = TESTS / "golden" / "golden.json"
-BASE = [*QUICK, "deterministic=true", "checkpoint=default", "data.max_train_examples=96", "trainer.epochs=2", "optim.lr=5e-3"]
+BASE = [
+    *QUICK,
+    "deterministic=true",
+    "checkpoint=default",
+    "data.max_train_examples=96",
+    "trainer.epochs=2",
+    "optim.lr=5e-3",
+]
 CASES = {
     "default_tiny": [],
     "focal_uncertainty": ["loss=focal", "loss.task_weighting=uncertainty", "loss.gamma=1.5"],
@@ -32,7 +39,18 @@ CASES = {
     "kfold_fold1": ["cv=kfold", "cv.k=3", "cv.fold=1"],
 }
 # Keys whose values depend on the machine, the clock or the temporary directory, not on the maths.
-VOLATILE = {"wall_time_s", "train_samples_per_s", "reproducibility", "git", "versions", "resumed_from", "model_dir", "overrides"}
+VOLATILE = {
+    "wall_time_s",
+    "train_samples_per_s",
+    "reproducibility",
+    "git",
+    "versions",
+    "resumed_from",
+    "model_dir",
+    "overrides",
+    "format",
+    "format_version",
+}  # the last two: metadata of the versioned RunResult, added by the redesign
 BUNDLE_TEXTS = ["I am so happy for you!", "This is awful and I hate it.", "What?! I did not expect that.", "meh", ""]
 
 
@@ -56,12 +74,22 @@ def _free_port() -> int:
 def _gloo_run(work: Path) -> dict:
     """2 processes (gloo), the default tiny case's settings with a per-rank batch of 8."""
     run = work / "gloo"
-    env = {**os.environ, "OMP_NUM_THREADS": "1", "HF_HUB_OFFLINE": "1", "TOKENIZERS_PARALLELISM": "false", "CUDA_VISIBLE_DEVICES": "",
-           "EMOTRAIN_CACHE": str(work / "cache")}
+    env = subprocess_env(work / "cache", OMP_NUM_THREADS="1", CUDA_VISIBLE_DEVICES="")
     for var in ("RANK", "WORLD_SIZE", "LOCAL_RANK"):
         env.pop(var, None)
-    cmd = [sys.executable, "-m", "torch.distributed.run", "--nproc_per_node=2", "--master_addr=127.0.0.1", f"--master_port={_free_port()}",
-           "-m", "emotrain", *BASE, "trainer.batch_size=8", f"hydra.run.dir={run}"]
+    cmd = [
+        sys.executable,
+        "-m",
+        "torch.distributed.run",
+        "--nproc_per_node=2",
+        "--master_addr=127.0.0.1",
+        f"--master_port={_free_port()}",
+        "-m",
+        "emotrain",
+        *BASE,
+        "trainer.batch_size=8",
+        f"hydra.run.dir={run}",
+    ]
     proc = subprocess.run(cmd, cwd=work, env=env, capture_output=True, text=True, timeout=600)
     if proc.returncode != 0:
         raise RuntimeError(f"gloo run failed:\n{proc.stdout[-3000:]}\n{proc.stderr[-3000:]}")
@@ -88,7 +116,9 @@ def compute(work: Path, *, with_gloo: bool = True) -> dict:
     out["resumed_2_to_3"] = normalise(train([*BASE, "trainer.epochs=3", f"resume={run_a}"], work / "resume_b"))
     if (GOEMOTIONS_DIR / "train.tsv").is_file():
         data = copy_goemotions_slice(GOEMOTIONS_DIR, work / "goemotions")
-        out["goemotions_tuned"] = normalise(train([*BASE, "data=goemotions", f"data.dir={data}"], work / "goemotions_run"))
+        out["goemotions_tuned"] = normalise(
+            train([*BASE, "data=goemotions", f"data.dir={data}"], work / "goemotions_run")
+        )
     if with_gloo:
         out["gloo_2_processes"] = normalise(_gloo_run(work))
     out["bundle_predictions"] = _bundle_predictions(work / "default_tiny" / "run", work)

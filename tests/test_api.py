@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import json
-import os
 import subprocess
 import sys
 from pathlib import Path
@@ -12,7 +11,7 @@ import pytest
 from omegaconf import OmegaConf
 
 import emotrain
-from conftest import QUICK, REPO_ROOT
+from conftest import QUICK, REPO_ROOT, run_emotrain
 
 
 @pytest.fixture
@@ -21,13 +20,15 @@ def cache_env(tmp_path, monkeypatch):
 
 
 def test_import_is_light_and_exports_the_api():
-    """`import emotrain` loads no torch, transformers or Hydra: scripts and inference-only installs import it cheaply."""
+    """`import emotrain` loads no torch, transformers or Hydra: scripts and inference-only installs import it
+    cheaply."""
     code = (
         "import sys, emotrain\n"
         "heavy = sorted({m.split('.')[0] for m in sys.modules} & {'torch', 'transformers', 'hydra', 'omegaconf'})\n"
         "assert not heavy, heavy\n"
         "assert callable(emotrain.train) and callable(emotrain.load) and callable(emotrain.compose)\n"
-        "assert issubclass(emotrain.ConfigError, emotrain.EmotrainError) and issubclass(emotrain.TrainingDiverged, emotrain.EmotrainError)\n"
+        "assert issubclass(emotrain.ConfigError, emotrain.EmotrainError) and issubclass(emotrain.TrainingDiverged, "
+        "emotrain.EmotrainError)\n"
         "print('LIGHT')"
     )
     proc = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=60, cwd=REPO_ROOT)
@@ -44,11 +45,14 @@ def test_api_names_survive_importing_the_training_modules():
 
 def test_compose_is_the_cli_config(tmp_path):
     """emotrain.compose gives what `python -m emotrain --cfg job` prints, paths aside."""
-    overrides = ["loss=focal", "backbone=tiny", "trainer.epochs=2", "data.preprocess.lowercase=true", "+loss.task_weights.emotion=2"]
-    proc = subprocess.run(
-        [sys.executable, "-m", "emotrain", "--cfg", "job", *overrides], capture_output=True, text=True, timeout=120, cwd=tmp_path,
-        env={**os.environ, "HF_HUB_OFFLINE": "1"},
-    )
+    overrides = [
+        "loss=focal",
+        "backbone=tiny",
+        "trainer.epochs=2",
+        "data.preprocess.lowercase=true",
+        "+loss.task_weights.emotion=2",
+    ]
+    proc = run_emotrain(["--cfg", "job", *overrides], tmp_path, timeout=120)
     assert proc.returncode == 0, proc.stderr
     cli = OmegaConf.create(proc.stdout)
     cfg = emotrain.compose(overrides, output_dir=tmp_path / "run")
@@ -65,7 +69,9 @@ def test_compose_defaults_paths_as_the_cli(tmp_path, monkeypatch):
     assert Path(cfg.paths.root_dir) == tmp_path.resolve()
     out = Path(cfg.paths.output_dir)
     assert out.parent.parent == tmp_path.resolve() / "outputs"  # outputs/<date>/<time>
-    assert emotrain.compose(["hydra.run.dir=elsewhere/run"]).paths.output_dir == str(tmp_path.resolve() / "elsewhere" / "run")
+    assert emotrain.compose(["hydra.run.dir=elsewhere/run"]).paths.output_dir == str(
+        tmp_path.resolve() / "elsewhere" / "run"
+    )
 
 
 def test_train_returns_metrics_json_and_writes_the_run_dir(tmp_path, cache_env):
@@ -102,7 +108,11 @@ def test_train_with_a_users_config_dir(tmp_path, cache_env):
         (["loss=nope"], emotrain.ConfigError, "default, focal"),
         (["sweep=kfold"], emotrain.ConfigError, "python -m emotrain -m"),
         (["trainer.dropout=1.5"], emotrain.ConfigError, "trainer.dropout=1.5"),
-        (["data=table", "data.train_file=no_such.csv", "+data.tasks.emotion.column=label"], emotrain.DataError, "no_such.csv"),
+        (
+            ["data=table", "data.train_file=no_such.csv", "+data.tasks.emotion.column=label"],
+            emotrain.DataError,
+            "no_such.csv",
+        ),
     ],
 )
 def test_train_raises_typed_one_line_errors(overrides, error, fragment, tmp_path, cache_env):

@@ -28,14 +28,14 @@ from pathlib import Path
 
 import pytest
 
-from conftest import REPO_ROOT, TINY, train
+from conftest import REPO_ROOT, quick, subprocess_env, train
 
 CORPUS = Path(__file__).resolve().parent / "bad_inputs"
 REL = "tests/bad_inputs"  # as a user would type it, from the repository root
 TESTS_DIR = Path(__file__).resolve().parent
 
 # Overrides of every emotrain case: tiny and quick, so the valid ones train in about a second.
-QUICK = [*TINY, "trainer.num_threads=1", "checkpoint.export=false", "report=false", "data.max_eval_examples=16"]
+QUICK = quick("checkpoint.export=false", checkpoints=True)
 
 
 def table(train_file: str, *extra: str, column: str = "label") -> list[str]:
@@ -116,27 +116,37 @@ def _batch_main(spec_path: str) -> None:
         (out_dir / "results.json").write_text(json.dumps(results))
 
 
-def child_env(cache: Path, **extra: str) -> dict:
-    env = {**os.environ, "HF_HUB_OFFLINE": "1", "TRANSFORMERS_OFFLINE": "1", "TOKENIZERS_PARALLELISM": "false", "EMOTRAIN_CACHE": str(cache)}
-    env.pop("HYDRA_FULL_ERROR", None)
-    env.update(extra)
-    return env
-
-
-def run_batch(cases: list["Case"], work: Path, timeout: int = 540) -> dict[str, "Outcome"]:
+def run_batch(cases: list[Case], work: Path, timeout: int = 540) -> dict[str, Outcome]:
     """Run `cases` in one child process (cwd: the repository root); {name: Outcome}."""
     out_dir = work / "batch"
     out_dir.mkdir(parents=True, exist_ok=True)
-    spec = {"out_dir": str(out_dir), "cases": [{"name": c.name, "entry": c.entry, "argv": c.argv_for(work), "env": c.env} for c in cases]}
+    spec = {
+        "out_dir": str(out_dir),
+        "cases": [{"name": c.name, "entry": c.entry, "argv": c.argv_for(work), "env": c.env} for c in cases],
+    }
     (work / "spec.json").write_text(json.dumps(spec))
-    code = f"import sys; sys.path.insert(0, {str(TESTS_DIR)!r}); from test_bad_inputs import _batch_main; _batch_main(sys.argv[1])"
-    proc = subprocess.run([sys.executable, "-c", code, str(work / "spec.json")], cwd=REPO_ROOT, env=child_env(work / "cache"),
-                          capture_output=True, text=True, timeout=timeout)
+    code = (
+        f"import sys; sys.path.insert(0, {str(TESTS_DIR)!r}); "
+        "from test_bad_inputs import _batch_main; _batch_main(sys.argv[1])"
+    )
+    proc = subprocess.run(
+        [sys.executable, "-c", code, str(work / "spec.json")],
+        cwd=REPO_ROOT,
+        env=subprocess_env(work / "cache"),
+        capture_output=True,
+        text=True,
+        timeout=timeout,
+    )
     results = json.loads((out_dir / "results.json").read_text()) if (out_dir / "results.json").exists() else {}
     assert proc.returncode == 0 and len(results) == len(cases), f"batch runner failed: {proc.stderr[-3000:]}"
     return {
-        c.name: Outcome(results[c.name]["rc"], (out_dir / f"{c.name}.out").read_text(errors="replace"),
-                        (out_dir / f"{c.name}.err").read_text(errors="replace"), work / "runs" / c.name, results[c.name]["seconds"])
+        c.name: Outcome(
+            results[c.name]["rc"],
+            (out_dir / f"{c.name}.out").read_text(errors="replace"),
+            (out_dir / f"{c.name}.err").read_text(errors="replace"),
+            work / "runs" / c.name,
+            results[c.name]["seconds"],
+        )
         for c in cases
     }
 
@@ -176,63 +186,189 @@ class Case:
 D = REL
 DATA_CASES = [
     # every validation case of the table reader (emotrain/data/table.py), as a user meets it
-    Case("missing_file", table(f"{D}/no_such_file.csv"), [f"{D}/no_such_file.csv", "does not exist", "data.train_file"]),
+    Case(
+        "missing_file", table(f"{D}/no_such_file.csv"), [f"{D}/no_such_file.csv", "does not exist", "data.train_file"]
+    ),
     Case("directory_as_file", table(D), ["is a directory", "data.train_file"]),
     Case("empty_file", table(f"{D}/empty.csv"), ["empty.csv is empty", "data.train_file"]),
     Case("header_only", table(f"{D}/header_only.csv"), ["header_only.csv has no data rows", "only a header line"]),
-    Case("duplicate_header", table(f"{D}/duplicate_header.csv"), ["duplicate_header.csv line 1", "'label' appears twice"]),
-    Case("unquoted_separator", table(f"{D}/unquoted_separator.csv"), ["unquoted_separator.csv line 3", "expected 2 columns", "found 3", "quote"]),
-    Case("unbalanced_quote", table(f"{D}/unbalanced_quote.csv"), ["unbalanced_quote.csv lines 3-5", "unbalanced quote"]),
-    Case("wrong_text_column", table(f"{D}/wrong_text_column.csv"), ["wrong_text_column.csv", "no column 'text'", "data.text_column", "'sentence', 'label'"]),
-    Case("wrong_label_column", table(f"{D}/valid_train.csv", column="emotion"), ["valid_train.csv", "no column 'emotion'", "data.tasks.emotion.column"]),
+    Case(
+        "duplicate_header", table(f"{D}/duplicate_header.csv"), ["duplicate_header.csv line 1", "'label' appears twice"]
+    ),
+    Case(
+        "unquoted_separator",
+        table(f"{D}/unquoted_separator.csv"),
+        ["unquoted_separator.csv line 3", "expected 2 columns", "found 3", "quote"],
+    ),
+    Case(
+        "unbalanced_quote", table(f"{D}/unbalanced_quote.csv"), ["unbalanced_quote.csv lines 3-5", "unbalanced quote"]
+    ),
+    Case(
+        "wrong_text_column",
+        table(f"{D}/wrong_text_column.csv"),
+        ["wrong_text_column.csv", "no column 'text'", "data.text_column", "'sentence', 'label'"],
+    ),
+    Case(
+        "wrong_label_column",
+        table(f"{D}/valid_train.csv", column="emotion"),
+        ["valid_train.csv", "no column 'emotion'", "data.tasks.emotion.column"],
+    ),
     Case("empty_text", table(f"{D}/empty_text.csv"), ["empty_text.csv line 3", "empty text"]),
     Case("empty_label", table(f"{D}/empty_label.csv"), ["empty_label.csv line 3", "every row needs a label"]),
-    Case("latin1_bytes", table(f"{D}/latin1.csv"), ["latin1.csv line 3", "byte offset", "not valid utf-8", "data.encoding"]),
-    Case("mixed_encodings", table(f"{D}/mixed_encodings.csv"), ["mixed_encodings.csv line 3", "not valid utf-8", "data.encoding"]),
-    Case("utf16_without_encoding", table(f"{D}/utf16.csv"), ["utf16.csv", "UTF-16 byte-order mark", "data.encoding=utf-16"]),
-    Case("utf16_without_bom", table(f"{D}/utf16_no_bom.csv"), ["utf16_no_bom.csv", "appears to be UTF-16", "data.encoding=utf-16-le"]),
-    Case("gzip_named_csv", table(f"{D}/gzip_named_csv.csv"), ["gzip_named_csv.csv", "appears to be gzip-compressed", ".gz"]),
+    Case(
+        "latin1_bytes",
+        table(f"{D}/latin1.csv"),
+        ["latin1.csv line 3", "byte offset", "not valid utf-8", "data.encoding"],
+    ),
+    Case(
+        "mixed_encodings",
+        table(f"{D}/mixed_encodings.csv"),
+        ["mixed_encodings.csv line 3", "not valid utf-8", "data.encoding"],
+    ),
+    Case(
+        "utf16_without_encoding",
+        table(f"{D}/utf16.csv"),
+        ["utf16.csv", "UTF-16 byte-order mark", "data.encoding=utf-16"],
+    ),
+    Case(
+        "utf16_without_bom",
+        table(f"{D}/utf16_no_bom.csv"),
+        ["utf16_no_bom.csv", "appears to be UTF-16", "data.encoding=utf-16-le"],
+    ),
+    Case(
+        "gzip_named_csv",
+        table(f"{D}/gzip_named_csv.csv"),
+        ["gzip_named_csv.csv", "appears to be gzip-compressed", ".gz"],
+    ),
     # data that would train a meaningless model
     Case("single_class", table(f"{D}/single_class.csv"), ["single_class.csv", "single class", "'joy'", "at least 2"]),
-    Case("nan_label_column", table(f"{D}/nan_label_column.csv"), ["nan_label_column.csv line 2", "'NaN', a missing-value marker"]),
-    Case("invisible_text", table(f"{D}/invisible_text.csv"), ["invisible_text.csv line 3", "empty after normalisation", "zero-width"]),
-    Case("text_column_is_label_column", table(f"{D}/valid_train.csv", "data.text_column=label"),
-         ["data.text_column", "data.tasks.emotion.column", "'label'"]),
-    Case("jsonl_duplicate_key", table(f"{D}/duplicate_key.jsonl"), ["duplicate_key.jsonl line 3", "'label' appears twice"]),
-    Case("unknown_encoding", table(f"{D}/valid_train.csv", "data.encoding=klingon"), ["data.encoding='klingon'", "not a known text encoding"]),
-    Case("one_example_class", table(f"{D}/one_example_class.csv"), ["one_example_class.csv", "class 'fear'", "only 1 example", "data.test_file"]),
-    Case("ids_out_of_range", table(f"{D}/ids_out_of_range.csv", "+data.tasks.emotion.ids=true", "+data.tasks.emotion.labels=[joy,anger,fear]"),
-         ["ids_out_of_range.csv line 4", "label id 3", "0..2"]),
-    Case("ids_not_integer", table(f"{D}/ids_not_integer.csv", "+data.tasks.emotion.ids=true"), ["ids_not_integer.csv line 3", "'anger' is not an integer id", "ids=false"]),
-    Case("ids_negative", table(f"{D}/ids_negative.csv", "+data.tasks.emotion.ids=true"), ["ids_negative.csv line 3", "label id -1 is negative"]),
-    Case("unknown_label", table(f"{D}/unknown_label.csv", "+data.tasks.emotion.labels=[joy,anger]"),
-         ["unknown_label.csv line 3", "unknown label 'angry'", "data.tasks.emotion.labels"]),
-    Case("val_label_unseen_in_train", table(f"{D}/valid_train.csv", f"data.val_file={D}/val_unseen_label.csv"),
-         ["val_unseen_label.csv line 3", "'surprise'", "never occurs in the training split"]),
+    Case(
+        "nan_label_column",
+        table(f"{D}/nan_label_column.csv"),
+        ["nan_label_column.csv line 2", "'NaN', a missing-value marker"],
+    ),
+    Case(
+        "invisible_text",
+        table(f"{D}/invisible_text.csv"),
+        ["invisible_text.csv line 3", "empty after normalisation", "zero-width"],
+    ),
+    Case(
+        "text_column_is_label_column",
+        table(f"{D}/valid_train.csv", "data.text_column=label"),
+        ["data.text_column", "data.tasks.emotion.column", "'label'"],
+    ),
+    Case(
+        "jsonl_duplicate_key",
+        table(f"{D}/duplicate_key.jsonl"),
+        ["duplicate_key.jsonl line 3", "'label' appears twice"],
+    ),
+    Case(
+        "unknown_encoding",
+        table(f"{D}/valid_train.csv", "data.encoding=klingon"),
+        ["data.encoding='klingon'", "not a known text encoding"],
+    ),
+    Case(
+        "one_example_class",
+        table(f"{D}/one_example_class.csv"),
+        ["one_example_class.csv", "class 'fear'", "only 1 example", "data.test_file"],
+    ),
+    Case(
+        "ids_out_of_range",
+        table(
+            f"{D}/ids_out_of_range.csv", "+data.tasks.emotion.ids=true", "+data.tasks.emotion.labels=[joy,anger,fear]"
+        ),
+        ["ids_out_of_range.csv line 4", "label id 3", "0..2"],
+    ),
+    Case(
+        "ids_not_integer",
+        table(f"{D}/ids_not_integer.csv", "+data.tasks.emotion.ids=true"),
+        ["ids_not_integer.csv line 3", "'anger' is not an integer id", "ids=false"],
+    ),
+    Case(
+        "ids_negative",
+        table(f"{D}/ids_negative.csv", "+data.tasks.emotion.ids=true"),
+        ["ids_negative.csv line 3", "label id -1 is negative"],
+    ),
+    Case(
+        "unknown_label",
+        table(f"{D}/unknown_label.csv", "+data.tasks.emotion.labels=[joy,anger]"),
+        ["unknown_label.csv line 3", "unknown label 'angry'", "data.tasks.emotion.labels"],
+    ),
+    Case(
+        "val_label_unseen_in_train",
+        table(f"{D}/valid_train.csv", f"data.val_file={D}/val_unseen_label.csv"),
+        ["val_unseen_label.csv line 3", "'surprise'", "never occurs in the training split"],
+    ),
     Case("unknown_extension", table(f"{D}/train.dat"), ["train.dat", "'.dat'", "data.format"]),
-    Case("unknown_format", table(f"{D}/valid_train.csv", "data.format=xlsx"), ["data.format='xlsx'", "not a known format"]),
+    Case(
+        "unknown_format",
+        table(f"{D}/valid_train.csv", "data.format=xlsx"),
+        ["data.format='xlsx'", "not a known format"],
+    ),
     Case("separator_too_long", table(f"{D}/valid_train.csv", "data.sep=::"), ["data.sep='::'", "single character"]),
     Case("separator_is_quote", table(f"{D}/valid_train.csv", "data.sep='\"'"), ["data.sep='\"'", "quote or newline"]),
-    Case("not_parquet", table(f"{D}/not_parquet.parquet"), ["not_parquet.parquet", "cannot read as Parquet", "data.format"]),
+    Case(
+        "not_parquet",
+        table(f"{D}/not_parquet.parquet"),
+        ["not_parquet.parquet", "cannot read as Parquet", "data.format"],
+    ),
     Case("empty_parquet", table(f"{D}/empty.parquet"), ["empty.parquet has no data rows"]),
-    Case("null_text_parquet", table(f"{D}/null_text.parquet"), ["null_text.parquet row 2", "nothing (null)", "not text"]),
+    Case(
+        "null_text_parquet", table(f"{D}/null_text.parquet"), ["null_text.parquet row 2", "nothing (null)", "not text"]
+    ),
     Case("corrupt_gzip", table(f"{D}/corrupt.csv.gz"), ["corrupt.csv.gz", "cannot decompress"]),
     Case("bad_json_line", table(f"{D}/bad_json.jsonl"), ["bad_json.jsonl line 2", "not valid JSON"]),
-    Case("json_array_not_lines", table(f"{D}/json_array.json"), ["json_array.json line 1", "one JSON array", "JSON Lines"]),
-    Case("jsonl_non_object", table(f"{D}/non_object.jsonl"), ["non_object.jsonl line 2", "expected a JSON object, found str"]),
+    Case(
+        "json_array_not_lines",
+        table(f"{D}/json_array.json"),
+        ["json_array.json line 1", "one JSON array", "JSON Lines"],
+    ),
+    Case(
+        "jsonl_non_object",
+        table(f"{D}/non_object.jsonl"),
+        ["non_object.jsonl line 2", "expected a JSON object, found str"],
+    ),
     Case("jsonl_missing_key", table(f"{D}/missing_key.jsonl"), ["missing_key.jsonl line 2", "no key 'label'"]),
     Case("jsonl_number_text", table(f"{D}/number_text.jsonl"), ["number_text.jsonl line 2", "a number (12), not text"]),
     Case("jsonl_null_text", table(f"{D}/null_text.jsonl"), ["null_text.jsonl line 2", "nothing (null)"]),
-    Case("jsonl_list_for_single_label", table(f"{D}/list_label_single.jsonl"), ["list_label_single.jsonl line 1", "2 labels", "data.tasks.emotion.multilabel=true"]),
+    Case(
+        "jsonl_list_for_single_label",
+        table(f"{D}/list_label_single.jsonl"),
+        ["list_label_single.jsonl line 1", "2 labels", "data.tasks.emotion.multilabel=true"],
+    ),
     Case("jsonl_boolean_label", table(f"{D}/bool_label.jsonl"), ["bool_label.jsonl line 1", "holds a boolean"]),
     # the data=table config itself
-    Case("no_tasks", ["data=table", f"data.train_file={D}/valid_train.csv"], ["data.tasks is empty", "+data.tasks.emotion.column=label"]),
-    Case("task_key_typo", ["data=table", f"data.train_file={D}/valid_train.csv", "+data.tasks.emotion.colum=label"], ["data.tasks.emotion", "unknown key(s) colum"]),
-    Case("task_without_column", ["data=table", f"data.train_file={D}/valid_train.csv", "+data.tasks.emotion.multilabel=true"], ["data.tasks.emotion.column is not set"]),
-    Case("labels_not_a_list", table(f"{D}/valid_train.csv", "+data.tasks.emotion.labels=joy"), ["data.tasks.emotion.labels must be a list"]),
-    Case("labels_twice", table(f"{D}/valid_train.csv", "+data.tasks.emotion.labels=[joy,joy,anger]"), ["data.tasks.emotion.labels lists 'joy' twice"]),
+    Case(
+        "no_tasks",
+        ["data=table", f"data.train_file={D}/valid_train.csv"],
+        ["data.tasks is empty", "+data.tasks.emotion.column=label"],
+    ),
+    Case(
+        "task_key_typo",
+        ["data=table", f"data.train_file={D}/valid_train.csv", "+data.tasks.emotion.colum=label"],
+        ["data.tasks.emotion", "unknown key(s) colum"],
+    ),
+    Case(
+        "task_without_column",
+        ["data=table", f"data.train_file={D}/valid_train.csv", "+data.tasks.emotion.multilabel=true"],
+        ["data.tasks.emotion.column is not set"],
+    ),
+    Case(
+        "labels_not_a_list",
+        table(f"{D}/valid_train.csv", "+data.tasks.emotion.labels=joy"),
+        ["data.tasks.emotion.labels must be a list"],
+    ),
+    Case(
+        "labels_twice",
+        table(f"{D}/valid_train.csv", "+data.tasks.emotion.labels=[joy,joy,anger]"),
+        ["data.tasks.emotion.labels lists 'joy' twice"],
+    ),
     Case("train_file_not_set", ["data=table"], ["data.train_file is not set"]),
-    Case("no_validation_split", table(f"{D}/valid_train.csv", "data.val_fraction=0"), ["no validation split", "data.val_file"]),
+    Case(
+        "no_validation_split",
+        table(f"{D}/valid_train.csv", "data.val_fraction=0"),
+        ["no validation split", "data.val_file"],
+    ),
     Case("goemotions_dir_missing", ["data=goemotions", f"data.dir={D}/no_such_dir"], ["no_such_dir"]),
 ]
 
@@ -245,16 +381,30 @@ CONFIG_CASES = [
     # `+key=value` adds a key Hydra would refuse: refused all the same, with the closest valid key
     Case("added_key_typo", ["+trainer.epoch=3"], ["trainer.epoch: no such key; did you mean trainer.epochs?"]),
     Case("added_top_level_typo", ["+seedd=3"], ["seedd: no such key; did you mean seed?"]),
-    Case("added_nested_typo", ["+trainer.early_stopping.patiense=2"], ["did you mean trainer.early_stopping.patience?"]),
-    Case("key_of_another_option", ["backbone=minilm", "backbone.hidden_size=768"], ["backbone.hidden_size", "acts only with backbone=tiny"]),
+    Case(
+        "added_nested_typo", ["+trainer.early_stopping.patiense=2"], ["did you mean trainer.early_stopping.patience?"]
+    ),
+    Case(
+        "key_of_another_option",
+        ["backbone=minilm", "backbone.hidden_size=768"],
+        ["backbone.hidden_size", "acts only with backbone=tiny"],
+    ),
     Case("added_key_of_another_option", ["+loss.gamma=1"], ["loss.gamma", "acts only with loss=focal"]),
     Case("typo_of_another_options_key", ["data.dirr=x"], ["data.dirr", "did you mean data.dir", "data=goemotions"]),
     Case("selector_without_its_option", ["loss.kind=focal"], ["loss.kind=focal", "loss=focal"]),
-    Case("unquoted_special_character", ["data=table", "data.sep=;"], ["'data.sep=;'", "quote the value", "\"data.sep=';'\""]),
+    Case(
+        "unquoted_special_character",
+        ["data=table", "data.sep=;"],
+        ["'data.sep=;'", "quote the value", "\"data.sep=';'\""],
+    ),
     Case("unknown_option", ["backbone=bert_huge"], ["backbone/bert_huge", "local, minilm, tiny"]),
     Case("override_syntax", ["trainer.epochs=["], ["trainer.epochs=["]),
     Case("list_for_string", ["resume=[1,2]"], ["resume=[1,2]"]),
-    Case("unset_environment_variable", ["paths.cache_dir=${oc.env:EMOTRAIN_NO_SUCH_VARIABLE}"], ["EMOTRAIN_NO_SUCH_VARIABLE", "paths.cache_dir"]),
+    Case(
+        "unset_environment_variable",
+        ["paths.cache_dir=${oc.env:EMOTRAIN_NO_SUCH_VARIABLE}"],
+        ["EMOTRAIN_NO_SUCH_VARIABLE", "paths.cache_dir"],
+    ),
     # out of range (validate_config and the builders)
     Case("dropout_out_of_range", ["trainer.dropout=1.5"], ["trainer.dropout=1.5", "[0, 1)"]),
     Case("batch_size_zero", ["trainer.batch_size=0"], ["trainer.batch_size=0", ">= 1"]),
@@ -264,7 +414,11 @@ CONFIG_CASES = [
     Case("layer_decay_zero", ["optim.layer_decay=0"], ["optim.layer_decay=0"]),
     Case("warmup_ratio", ["scheduler.warmup_ratio=1.5"], ["scheduler.warmup_ratio=1.5"]),
     Case("label_smoothing", ["loss.label_smoothing=1.0"], ["loss.label_smoothing=1.0"]),
-    Case("class_weights_length", [*table(f"{D}/valid_train.csv"), "loss.class_weights=[1.0,2.0]"], ["loss.class_weights", "3 labels but 2 weights"]),
+    Case(
+        "class_weights_length",
+        [*table(f"{D}/valid_train.csv"), "loss.class_weights=[1.0,2.0]"],
+        ["loss.class_weights", "3 labels but 2 weights"],
+    ),
     Case("task_weights_unknown_task", ["+loss.task_weights.topic=2.0"], ["loss.task_weights", "topic"]),
     Case("max_examples_zero", ["data.max_train_examples=0"], ["data.max_train_examples=0", ">= 1 or null"]),
     # numeric keys that reached torch / numpy / sklearn unchecked, or gave a useless model
@@ -282,18 +436,29 @@ CONFIG_CASES = [
     Case("threshold_above_one", ["trainer.threshold=2"], ["trainer.threshold=2", "(0, 1) or null"]),
     Case("threshold_floor_one", ["trainer.threshold_floor=1"], ["trainer.threshold_floor=1", "[0, 1)"]),
     Case("max_grad_norm_nan", ["trainer.max_grad_norm=nan"], ["trainer.max_grad_norm=nan", "finite"]),
-    Case("min_delta_negative", ["trainer.early_stopping.min_delta=-1"], ["trainer.early_stopping.min_delta=-1", ">= 0"]),
+    Case(
+        "min_delta_negative", ["trainer.early_stopping.min_delta=-1"], ["trainer.early_stopping.min_delta=-1", ">= 0"]
+    ),
     Case("warmup_steps_negative", ["scheduler.warmup_steps=-1"], ["scheduler.warmup_steps=-1", ">= 0"]),
     Case("focal_gamma_negative", ["loss=focal", "loss.gamma=-1"], ["loss.gamma=-1", ">= 0"]),
     Case("focal_alpha_nan", ["loss=focal", "loss.alpha=nan"], ["loss.alpha=nan", "finite"]),
-    Case("class_weight_nan", [*table(f"{D}/valid_train.csv"), "loss.class_weights=[1.0,nan,1.0]"], ["loss.class_weights[1]=nan"]),
+    Case(
+        "class_weight_nan",
+        [*table(f"{D}/valid_train.csv"), "loss.class_weights=[1.0,nan,1.0]"],
+        ["loss.class_weights[1]=nan"],
+    ),
     Case("class_weights_scalar", ["loss.class_weights=2.0"], ["loss.class_weights=2.0", "'balanced' or a list"]),
     Case("task_weight_negative", ["+loss.task_weights.emotion=-1"], ["loss.task_weights.emotion=-1", ">= 0"]),
-    Case("max_length_beyond_positions", ["backbone=minilm", "backbone.max_length=100000"],
-         ["backbone.max_length=100000", "position embeddings for 512 tokens", "512 or less"]),
+    Case(
+        "max_length_beyond_positions",
+        ["backbone=minilm", "backbone.max_length=100000"],
+        ["backbone.max_length=100000", "position embeddings for 512 tokens", "512 or less"],
+    ),
     Case("save_top_k_below_minus_one", ["checkpoint.save_top_k=-2"], ["checkpoint.save_top_k=-2", ">= -1"]),
     Case("prefix_escapes_the_run_dir", ["checkpoint.prefix=../escaped"], ["checkpoint.prefix='../escaped'", "no '/'"]),
-    Case("fractions_sum", ["data.val_fraction=0.6", "data.test_fraction=0.5"], ["data.val_fraction + data.test_fraction"]),
+    Case(
+        "fractions_sum", ["data.val_fraction=0.6", "data.test_fraction=0.5"], ["data.val_fraction + data.test_fraction"]
+    ),
     Case("unknown_monitor", ["trainer.monitor=accuracy"], ["trainer.monitor=accuracy", "choose one of"]),
     Case("unknown_primary_task", ["data.primary_task=topic"], ["data.primary_task='topic'", "emotion, sentiment"]),
     Case("unknown_logger", ["logger.kind=wandb"], ["logger.kind=wandb"]),
@@ -303,7 +468,11 @@ CONFIG_CASES = [
     Case("progressive_every_zero", ["freeze=progressive", "freeze.every=0"], ["freeze.every=0"]),
     Case("fold_not_below_k", ["cv=kfold", "cv.k=5", "cv.fold=5"], ["cv.fold=5", "cv.k=5"]),
     Case("kfold_k_one", ["cv=kfold", "cv.k=1"], ["cv.k=1", "k >= 2"]),
-    Case("heads_not_dividing_hidden", ["backbone=tiny", "backbone.hidden_size=30", "backbone.num_heads=4"], ["backbone.hidden_size=30", "backbone.num_heads=4"]),
+    Case(
+        "heads_not_dividing_hidden",
+        ["backbone=tiny", "backbone.hidden_size=30", "backbone.num_heads=4"],
+        ["backbone.hidden_size=30", "backbone.num_heads=4"],
+    ),
 ]
 
 VALID_CASES = [
@@ -317,50 +486,177 @@ VALID_CASES = [
     Case("label_case_variants", table(f"{D}/label_case_variants.csv"), valid=True),
     Case("one_megabyte_text", table("{work}/long_text.csv"), valid=True),
 ]
-ROWS = {"bom": 30, "crlf": 30, "quoted_separators": 30, "duplicate_ids": 36, "utf16_with_encoding": 30, "one_megabyte_text": 31,
-        "utf16_without_bom_with_encoding": 30, "label_case_variants": 30}
+ROWS = {
+    "bom": 30,
+    "crlf": 30,
+    "quoted_separators": 30,
+    "duplicate_ids": 36,
+    "utf16_with_encoding": 30,
+    "one_megabyte_text": 31,
+    "utf16_without_bom_with_encoding": 30,
+    "label_case_variants": 30,
+}
 
 
 def checkpoint_cases() -> list[Case]:
-    """resume=PATH / emotrain-export / emotrain-predict with unusable checkpoints, run dirs and bundles ({work}: prepared files)."""
+    """resume=PATH / emotrain-export / emotrain-predict with unusable checkpoints, run dirs and bundles
+    ({work}: prepared files)."""
     w = "{work}"
     sample = ["trainer.epochs=1", "data.max_train_examples=48"]  # the reference run's data (data=sample)
     cases = [
         Case("resume_missing", [*sample, f"resume={w}/nothing_here.pt"], ["checkpoint not found", "nothing_here.pt"]),
         Case("resume_empty_file", [*sample, f"resume={D}/empty.pt"], ["empty.pt", "empty file, not a checkpoint"]),
         Case("resume_text_file", [*sample, f"resume={D}/text_file.pt"], ["text_file.pt", "not a readable checkpoint"]),
-        Case("resume_other_program_zip", [*sample, f"resume={D}/office_document.pt"], ["office_document.pt", "not a readable checkpoint"]),
-        Case("resume_truncated", [*sample, f"resume={w}/truncated.pt"], ["truncated.pt", "not a readable checkpoint (truncated"]),
-        Case("resume_plain_tensor_file", [*sample, f"resume={w}/tensor.pt"], ["tensor.pt", "not an emotrain checkpoint"]),
-        Case("resume_future_version", [*sample, f"resume={w}/future.pt"], ["future.pt", "format version 99", "upgrade emotrain"]),
-        Case("resume_no_optimizer", [*sample, f"resume={w}/no_optimizer.pt"], ["no_optimizer.pt", "has no optimizer state"]),
-        Case("resume_crafted_pickle", [*sample, f"resume={w}/crafted.pt"], ["crafted.pt", "refused by the safe loader"]),
-        Case("resume_crafted_legacy_pickle", [*sample, f"resume={w}/crafted_legacy.pt"], ["crafted_legacy.pt", "refused by the safe loader"]),
-        Case("resume_wrong_tasks", [*table(f"{D}/valid_train.csv"), "trainer.epochs=1", f"resume={w}/ref/run"], ["resume", "different model shape or tasks", "tasks"]),
-        Case("resume_other_shape", [*sample, "backbone.hidden_size=64", f"resume={w}/ref/run"], ["different model shape", "backbone.hidden_size"]),
-        Case("resume_corrupt_pointer", [*sample, f"resume={w}/corrupt_pointer"], ["corrupt_pointer/checkpoints/last.json", "unreadable pointer file"]),
-        Case("resume_dangling_pointer", [*sample, f"resume={w}/dangling_pointer"], ["dangling_pointer/checkpoints/last.json", "which does not exist"]),
-        Case("resume_dir_without_checkpoints", [*sample, f"resume={D}/bundle_foreign"], ["no checkpoints in", "bundle_foreign"]),
+        Case(
+            "resume_other_program_zip",
+            [*sample, f"resume={D}/office_document.pt"],
+            ["office_document.pt", "not a readable checkpoint"],
+        ),
+        Case(
+            "resume_truncated",
+            [*sample, f"resume={w}/truncated.pt"],
+            ["truncated.pt", "not a readable checkpoint (truncated"],
+        ),
+        Case(
+            "resume_plain_tensor_file", [*sample, f"resume={w}/tensor.pt"], ["tensor.pt", "not an emotrain checkpoint"]
+        ),
+        Case(
+            "resume_future_version",
+            [*sample, f"resume={w}/future.pt"],
+            ["future.pt", "format version 99", "upgrade emotrain"],
+        ),
+        Case(
+            "resume_no_optimizer",
+            [*sample, f"resume={w}/no_optimizer.pt"],
+            ["no_optimizer.pt", "has no optimizer state"],
+        ),
+        Case(
+            "resume_crafted_pickle", [*sample, f"resume={w}/crafted.pt"], ["crafted.pt", "refused by the safe loader"]
+        ),
+        Case(
+            "resume_crafted_legacy_pickle",
+            [*sample, f"resume={w}/crafted_legacy.pt"],
+            ["crafted_legacy.pt", "refused by the safe loader"],
+        ),
+        Case(
+            "resume_wrong_tasks",
+            [*table(f"{D}/valid_train.csv"), "trainer.epochs=1", f"resume={w}/ref/run"],
+            ["resume", "different model shape or tasks", "tasks"],
+        ),
+        Case(
+            "resume_other_shape",
+            [*sample, "backbone.hidden_size=64", f"resume={w}/ref/run"],
+            ["different model shape", "backbone.hidden_size"],
+        ),
+        Case(
+            "resume_corrupt_pointer",
+            [*sample, f"resume={w}/corrupt_pointer"],
+            ["corrupt_pointer/checkpoints/last.json", "unreadable pointer file"],
+        ),
+        Case(
+            "resume_dangling_pointer",
+            [*sample, f"resume={w}/dangling_pointer"],
+            ["dangling_pointer/checkpoints/last.json", "which does not exist"],
+        ),
+        Case(
+            "resume_dir_without_checkpoints",
+            [*sample, f"resume={D}/bundle_foreign"],
+            ["no checkpoints in", "bundle_foreign"],
+        ),
         # the other commands that load checkpoints, exports and bundles
-        Case("export_truncated_checkpoint", [f"checkpoint={w}/truncated.pt", f"out={w}/bundle_out"], ["emotrain-export: error:", "truncated.pt"], entry="export", rc=1),
-        Case("export_crafted_pickle", [f"checkpoint={w}/crafted.pt", f"out={w}/bundle_out2"], ["emotrain-export: error:", "refused by the safe loader"], entry="export", rc=1),
-        Case("predict_crafted_pickle", ["--model", f"{w}/crafted.pt", "--model-type", "pytorch", "hello"], ["emotrain-predict: error:", "refused by the safe loader"], entry="predict", rc=1),
-        Case("predict_truncated_weights", ["--model", f"{w}/truncated_export", "--model-type", "pytorch", "hello"], ["emotrain-predict: error:", "model.safetensors"], entry="predict", rc=1),
-        Case("predict_foreign_export_meta", ["--model", f"{w}/foreign_export", "--model-type", "pytorch", "hello"], ["emotrain-predict: error:", "emotrain_model.json"], entry="predict", rc=1),
-        Case("predict_export_wrong_tasks", ["--model", f"{w}/wrong_tasks_export", "--model-type", "pytorch", "hello"], ["emotrain-predict: error:", "do not match the tasks"], entry="predict", rc=1),
-        Case("bundle_not_json", ["--model", f"{D}/bundle_not_json", "--model-type", "onnx", "hello"], ["emotrain-predict: error:", "bundle.json", "not JSON"], entry="predict", rc=1),
-        Case("bundle_of_another_program", ["--model", f"{D}/bundle_foreign", "--model-type", "onnx", "hello"], ["emotrain-predict: error:", "bundle.json", "format marker"], entry="predict", rc=1),
-        Case("bundle_without_tasks", ["--model", f"{D}/bundle_no_tasks", "--model-type", "onnx", "hello"], ["emotrain-predict: error:", "no tasks"], entry="predict", rc=1),
-        Case("bundle_future_version", ["--model", f"{D}/bundle_future", "--model-type", "onnx", "hello"], ["emotrain-predict: error:", "newer than this emotrain supports"], entry="predict", rc=1),
+        Case(
+            "export_truncated_checkpoint",
+            [f"checkpoint={w}/truncated.pt", f"out={w}/bundle_out"],
+            ["emotrain-export: error:", "truncated.pt"],
+            entry="export",
+            rc=1,
+        ),
+        Case(
+            "export_crafted_pickle",
+            [f"checkpoint={w}/crafted.pt", f"out={w}/bundle_out2"],
+            ["emotrain-export: error:", "refused by the safe loader"],
+            entry="export",
+            rc=1,
+        ),
+        Case(
+            "predict_crafted_pickle",
+            ["--model", f"{w}/crafted.pt", "--model-type", "pytorch", "hello"],
+            ["emotrain-predict: error:", "refused by the safe loader"],
+            entry="predict",
+            rc=1,
+        ),
+        Case(
+            "predict_truncated_weights",
+            ["--model", f"{w}/truncated_export", "--model-type", "pytorch", "hello"],
+            ["emotrain-predict: error:", "model.safetensors"],
+            entry="predict",
+            rc=1,
+        ),
+        Case(
+            "predict_foreign_export_meta",
+            ["--model", f"{w}/foreign_export", "--model-type", "pytorch", "hello"],
+            ["emotrain-predict: error:", "emotrain_model.json"],
+            entry="predict",
+            rc=1,
+        ),
+        Case(
+            "predict_export_wrong_tasks",
+            ["--model", f"{w}/wrong_tasks_export", "--model-type", "pytorch", "hello"],
+            ["emotrain-predict: error:", "do not match the tasks"],
+            entry="predict",
+            rc=1,
+        ),
+        Case(
+            "bundle_not_json",
+            ["--model", f"{D}/bundle_not_json", "--model-type", "onnx", "hello"],
+            ["emotrain-predict: error:", "bundle.json", "not JSON"],
+            entry="predict",
+            rc=1,
+        ),
+        Case(
+            "bundle_of_another_program",
+            ["--model", f"{D}/bundle_foreign", "--model-type", "onnx", "hello"],
+            ["emotrain-predict: error:", "bundle.json", "format marker"],
+            entry="predict",
+            rc=1,
+        ),
+        Case(
+            "bundle_without_tasks",
+            ["--model", f"{D}/bundle_no_tasks", "--model-type", "onnx", "hello"],
+            ["emotrain-predict: error:", "no tasks"],
+            entry="predict",
+            rc=1,
+        ),
+        Case(
+            "bundle_future_version",
+            ["--model", f"{D}/bundle_future", "--model-type", "onnx", "hello"],
+            ["emotrain-predict: error:", "newer than this emotrain supports"],
+            entry="predict",
+            rc=1,
+        ),
     ]
     return cases
 
 
 FAULT_CASES = [
     # an output directory that cannot be created (root ignores chmod: a regular file stands where a directory must be)
-    Case("output_dir_under_a_file", ["paths.output_dir={work}/a_file/run"], ["{work}/a_file/run: Not a directory", "paths.output_dir"]),
-    Case("run_dir_under_a_file", ["hydra.run.dir={work}/a_file/run"], ["cannot write the run directory: {work}/a_file/run: Not a directory", "hydra.run.dir=DIR"], run_dir=False),
-    Case("run_dir_is_a_file", ["hydra.run.dir={work}/a_file"], ["cannot write the run directory: {work}/a_file", "hydra.run.dir=DIR"], run_dir=False),
+    Case(
+        "output_dir_under_a_file",
+        ["paths.output_dir={work}/a_file/run"],
+        ["{work}/a_file/run: Not a directory", "paths.output_dir"],
+    ),
+    Case(
+        "run_dir_under_a_file",
+        ["hydra.run.dir={work}/a_file/run"],
+        ["cannot write the run directory: {work}/a_file/run: Not a directory", "hydra.run.dir=DIR"],
+        run_dir=False,
+    ),
+    Case(
+        "run_dir_is_a_file",
+        ["hydra.run.dir={work}/a_file"],
+        ["cannot write the run directory: {work}/a_file", "hydra.run.dir=DIR"],
+        run_dir=False,
+    ),
 ]
 
 
@@ -402,7 +698,9 @@ def prepare(work: Path) -> Path:
         shutil.copytree(run_dir / "model", work / name)
     weights = work / "truncated_export" / "model.safetensors"
     weights.write_bytes(weights.read_bytes()[:1000])
-    (work / "foreign_export" / "emotrain_model.json").write_text(json.dumps({"name": "some-other-model", "architectures": ["GPT2"]}))
+    (work / "foreign_export" / "emotrain_model.json").write_text(
+        json.dumps({"name": "some-other-model", "architectures": ["GPT2"]})
+    )
     meta = json.loads((work / "wrong_tasks_export" / "emotrain_model.json").read_text())
     meta["tasks"] = [{"name": "topic", "labels": ["news", "sport"], "multilabel": False}]
     (work / "wrong_tasks_export" / "emotrain_model.json").write_text(json.dumps(meta))
@@ -430,9 +728,13 @@ def _inference_available() -> bool:
 def corpus_run(tmp_path_factory):
     work = tmp_path_factory.mktemp("bad_inputs")
     marker = prepare(work)
-    cases = DATA_CASES + CONFIG_CASES + VALID_CASES + FAULT_CASES + [
-        c for c in checkpoint_cases() if c.entry == "emotrain" or _inference_available()
-    ]
+    cases = (
+        DATA_CASES
+        + CONFIG_CASES
+        + VALID_CASES
+        + FAULT_CASES
+        + [c for c in checkpoint_cases() if c.entry == "emotrain" or _inference_available()]
+    )
     started = time.perf_counter()
     outcomes = run_batch(cases, work)
     return work, marker, outcomes, time.perf_counter() - started
@@ -443,8 +745,14 @@ def _error_line(case: Case, outcome: Outcome, work: Path) -> str:
     assert "Traceback" not in err, f"{case.name}: traceback on stderr:\n{err[-3000:]}"
     assert outcome.rc == case.rc, f"{case.name}: exit status {outcome.rc}, expected {case.rc}\nstderr: {err[-2000:]}"
     lines = [line for line in err.splitlines() if line.strip()]
-    prefix = {"emotrain": "emotrain: error: ", "predict": "emotrain-predict: error: ", "export": "emotrain-export: error: "}[case.entry]
-    assert len(lines) == 1 and lines[0].startswith(prefix), f"{case.name}: stderr is not one '{prefix}...' line:\n{err[-3000:]}"
+    prefix = {
+        "emotrain": "emotrain: error: ",
+        "predict": "emotrain-predict: error: ",
+        "export": "emotrain-export: error: ",
+    }[case.entry]
+    assert len(lines) == 1 and lines[0].startswith(prefix), (
+        f"{case.name}: stderr is not one '{prefix}...' line:\n{err[-3000:]}"
+    )
     line = lines[0]
     for fragment in case.expect:
         fragment = fragment.replace("{work}", str(work))
@@ -485,7 +793,9 @@ def test_odd_but_valid_inputs_train(corpus_run, case):
     metrics = json.loads((outcome.run_dir / "metrics.json").read_text())
     assert metrics["status"] == "completed"
     assert sum(metrics["data_sizes"].values()) == ROWS[case.name]  # every row read, none split or merged
-    assert [t["labels"] for t in metrics["tasks"]] == [["anger", "fear", "joy"]]  # the header was found (BOM) and no cell bled into labels
+    assert [t["labels"] for t in metrics["tasks"]] == [
+        ["anger", "fear", "joy"]
+    ]  # the header was found (BOM) and no cell bled into labels
     if case.name == "label_case_variants":  # normalised to the most frequent spelling, said once
         console = outcome.out + outcome.err  # Hydra's console log handler writes to stdout
         warnings = [line for line in console.splitlines() if "differ only in case" in line]
@@ -494,7 +804,12 @@ def test_odd_but_valid_inputs_train(corpus_run, case):
 
 def test_corpus_is_big_enough_and_fast(corpus_run):
     _, _, outcomes, seconds = corpus_run
-    files = {a.split("=", 1)[1] for c in DATA_CASES for a in c.argv if a.startswith(("data.train_file=", "data.val_file=")) and D in a}
+    files = {
+        a.split("=", 1)[1]
+        for c in DATA_CASES
+        for a in c.argv
+        if a.startswith(("data.train_file=", "data.val_file=")) and D in a
+    }
     assert len(files) >= 25, sorted(files)  # malformed data files, each its own case
     assert len(ERROR_CASES) + len(checkpoint_cases()) >= 25 + 20
     slow = {name: o.seconds for name, o in outcomes.items() if o.seconds > 30}
@@ -508,9 +823,14 @@ def test_every_corpus_file_is_used():
 
 
 def test_batch_runner_matches_real_processes(corpus_run):
-    """The batch runner shows what a user sees: the same exit status and stderr as `python -m emotrain` / the console scripts."""
+    """The batch runner shows what a user sees: the same exit status and stderr as `python -m emotrain` / the
+    console scripts."""
     work, _, outcomes, _ = corpus_run
-    picks = ["wrong_type", "unquoted_separator", "resume_truncated"]  # compose, data and (after the model is built) resume errors
+    picks = [
+        "wrong_type",
+        "unquoted_separator",
+        "resume_truncated",
+    ]  # compose, data and (after the model is built) resume errors
     if _inference_available():
         picks.append("bundle_not_json")
     by_name = {c.name: c for c in ERROR_CASES + checkpoint_cases()}
@@ -521,19 +841,30 @@ def test_batch_runner_matches_real_processes(corpus_run):
             cmd = [sys.executable, "-m", "emotrain", *argv]
         else:
             cmd = [sys.executable, "-m", "emotrain.inference", *argv]
-        proc = subprocess.run(cmd, cwd=REPO_ROOT, env=child_env(work / "cache"), capture_output=True, text=True, timeout=180)
+        proc = subprocess.run(
+            cmd, cwd=REPO_ROOT, env=subprocess_env(work / "cache"), capture_output=True, text=True, timeout=180
+        )
         assert proc.returncode == outcomes[name].rc, (name, proc.stderr[-2000:])
         assert proc.stderr == outcomes[name].err, (name, proc.stderr, outcomes[name].err)
 
 
 def test_hydra_full_error_shows_the_traceback(tmp_path):
     """HYDRA_FULL_ERROR=1 is the way to a traceback; without it there is none (the other tests)."""
-    env = child_env(tmp_path / "cache", HYDRA_FULL_ERROR="1")
+    env = subprocess_env(tmp_path / "cache", HYDRA_FULL_ERROR="1")
     argv = [*QUICK, *table(f"{D}/unquoted_separator.csv"), f"hydra.run.dir={tmp_path / 'run'}"]
-    full = subprocess.run([sys.executable, "-m", "emotrain", *argv], cwd=REPO_ROOT, env=env, capture_output=True, text=True, timeout=180)
+    full = subprocess.run(
+        [sys.executable, "-m", "emotrain", *argv], cwd=REPO_ROOT, env=env, capture_output=True, text=True, timeout=180
+    )
     assert full.returncode != 0 and "Traceback" in full.stderr and "DataError" in full.stderr
     assert "emotrain: error: " in full.stderr and "unquoted_separator.csv line 3" in full.stderr
-    compose = subprocess.run([sys.executable, "-m", "emotrain", "trainer.epochs=abc"], cwd=REPO_ROOT, env=env, capture_output=True, text=True, timeout=180)
+    compose = subprocess.run(
+        [sys.executable, "-m", "emotrain", "trainer.epochs=abc"],
+        cwd=REPO_ROOT,
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=180,
+    )
     assert compose.returncode != 0 and "Traceback" in compose.stderr and "trainer.epochs" in compose.stderr
 
 
@@ -552,7 +883,16 @@ def test_no_load_path_can_unpickle(tmp_path):
         for m in re.finditer(r"np\.load\(([^)]*)\)", text):
             if "allow_pickle=False" not in m.group(1):
                 offenders.append(f"{path}: np.load({m.group(1)})")
-        for pattern in (r"pickle\.loads?\(", r"joblib\.load\(", r"yaml\.load\(", r"yaml\.unsafe_load\(", r"dill\.", r"cloudpickle\.", r"(?<![.\w])eval\(", r"(?<![.\w])exec\("):
+        for pattern in (
+            r"pickle\.loads?\(",
+            r"joblib\.load\(",
+            r"yaml\.load\(",
+            r"yaml\.unsafe_load\(",
+            r"dill\.",
+            r"cloudpickle\.",
+            r"(?<![.\w])eval\(",
+            r"(?<![.\w])exec\(",
+        ):
             if re.search(pattern, text):
                 offenders.append(f"{path}: {pattern}")
     assert not offenders, offenders
@@ -569,6 +909,8 @@ def test_crafted_feature_cache_chunk_is_not_unpickled(tmp_path):
     evil = np.empty(1, dtype=object)
     evil[0] = _Crafted(marker)
     np.savez(chunk_dir / "evil.npz", keys=evil, features=evil)
-    feats, computed = FeatureCache(tmp_path, "k" * 64).lookup(["a", "b"], lambda idx: np.ones((len(idx), 4), dtype=np.float32))
+    feats, computed = FeatureCache(tmp_path, "k" * 64).lookup(
+        ["a", "b"], lambda idx: np.ones((len(idx), 4), dtype=np.float32)
+    )
     assert computed == 2 and feats.shape == (2, 4)
     assert not marker.exists()

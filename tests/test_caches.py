@@ -10,7 +10,16 @@ from emotrain.recipe import TrainingRecipe, run
 from emotrain.training.batching import encode_texts
 from emotrain.training.caches import FeatureCache, TokenCache
 
-FROZEN = [*TINY, "freeze=full", "trainer.epochs=2", "data.max_train_examples=96", "data.max_eval_examples=48", "checkpoint=none", "report=false", "optim.lr=1e-2"]
+FROZEN = [
+    *TINY,
+    "freeze=full",
+    "trainer.epochs=2",
+    "data.max_train_examples=96",
+    "data.max_eval_examples=48",
+    "checkpoint=none",
+    "report=false",
+    "optim.lr=1e-2",
+]
 
 
 def _run(overrides, tmp_path, cache_dir):
@@ -27,7 +36,9 @@ def test_frozen_feature_cache_gives_the_same_metrics(tmp_path, caplog):
     assert any("computed" in r.getMessage() for r in caplog.records)
     for key in ("loss", "macro_f1", "emotion/loss", "sentiment/accuracy"):
         assert cached["test"][key] == pytest.approx(plain["test"][key], abs=1e-4), key
-    assert [h["val"]["loss"] for h in cached["history"]] == pytest.approx([h["val"]["loss"] for h in plain["history"]], abs=1e-4)
+    assert [h["val"]["loss"] for h in cached["history"]] == pytest.approx(
+        [h["val"]["loss"] for h in plain["history"]], abs=1e-4
+    )
     assert list((cache / "features").rglob("*.npz")), "features were not written to the cache"
 
 
@@ -42,7 +53,6 @@ def test_feature_cache_is_reused_by_a_second_run(tmp_path, caplog):
 
 
 def test_feature_cache_key_changes_with_the_encoder(tmp_path):
-    cache = tmp_path / "cache"
     r1 = TrainingRecipe(compose(FROZEN, tmp_path / "a")).setup()
     cfg = compose([*FROZEN, "seed=3"], tmp_path / "b")  # another random init of the tiny encoder
     r2 = TrainingRecipe(cfg).setup()
@@ -66,8 +76,9 @@ def test_feature_cache_recomputes_a_damaged_chunk(tmp_path):
 
 
 def test_token_cache_round_trip_and_reuse(tmp_path):
-    from emotrain.models.backbones import minilm_path
     from transformers import AutoTokenizer
+
+    from emotrain.models.backbones import minilm_path
 
     tok = AutoTokenizer.from_pretrained(str(minilm_path()))
     texts = ["I am so happy today!", "this is awful", "", "ok"]

@@ -15,17 +15,12 @@ os.environ.setdefault("HF_HUB_OFFLINE", "1")
 
 from transformers import BertConfig, BertModel  # noqa: E402
 
-from emotrain.checkpointing import (  # noqa: E402
-    CheckpointManager,
-    export_model,
-    load_checkpoint,
-    load_exported_model,
-    resolve_checkpoint,
-    save_checkpoint,
-)
+from emotrain.checkpointing import load_checkpoint, resolve_checkpoint, save_checkpoint  # noqa: E402
 from emotrain.data.types import TaskSpec  # noqa: E402
 from emotrain.errors import CheckpointError  # noqa: E402
+from emotrain.inference.model_dir import export_model, load_exported_model  # noqa: E402
 from emotrain.models.multitask import MultiTaskModel  # noqa: E402
+from emotrain.training.checkpoints import CheckpointManager  # noqa: E402
 
 TASKS = [TaskSpec("emotion", ("a", "b", "c"), False), TaskSpec("tags", ("x", "y"), True)]
 HPARAMS = {
@@ -39,7 +34,9 @@ NAME_RE = re.compile(r"^emotrain_\d{8}_\d{6}_epoch(\d{3})_loss(\d+\.\d{4})(_\d+)
 
 def make_model(seed=0, vocab_size=100, tasks=TASKS):
     torch.manual_seed(seed)
-    cfg = BertConfig(vocab_size=vocab_size, hidden_size=16, num_hidden_layers=2, num_attention_heads=2, intermediate_size=32)
+    cfg = BertConfig(
+        vocab_size=vocab_size, hidden_size=16, num_hidden_layers=2, num_attention_heads=2, intermediate_size=32
+    )
     return MultiTaskModel(BertModel(cfg, add_pooling_layer=False), tasks, pooling="mean", dropout=0.1)
 
 
@@ -95,7 +92,15 @@ def assert_one_line_error(excinfo, path):
 def test_round_trip_restores_weights_optimizer_scheduler(tmp_path):
     model, opt, sched = make_training(0)
     train_steps(model, opt, sched)
-    path = save(tmp_path, model, opt, sched, global_step=2, scaler_state={"scaler": {}, "skipped_steps": 0}, extra={"history": [{"epoch": 1, "loss": 1.0}], "stopper": {"best": 0.4, "bad": 1}})
+    path = save(
+        tmp_path,
+        model,
+        opt,
+        sched,
+        global_step=2,
+        scaler_state={"scaler": {}, "skipped_steps": 0},
+        extra={"history": [{"epoch": 1, "loss": 1.0}], "stopper": {"best": 0.4, "bad": 1}},
+    )
 
     raw = torch.load(path, weights_only=True)  # plain types + tensors only
     assert raw["format"] == "emotrain-checkpoint" and raw["format_version"] == 1
@@ -273,7 +278,10 @@ def test_manager_max_mode_keep_all_and_only_last(tmp_path):
     scores = [0.2, 0.6, 0.4]
 
     mgr = CheckpointManager(tmp_path / "max", "emotrain", save_top_k=1, monitor="emotion/macro_f1", mode="max")
-    ps = [mgr.save(model, opt, sched, i + 1, 1.0, {"loss": 1.0, "emotion/macro_f1": s}, HPARAMS) for i, s in enumerate(scores)]
+    ps = [
+        mgr.save(model, opt, sched, i + 1, 1.0, {"loss": 1.0, "emotion/macro_f1": s}, HPARAMS)
+        for i, s in enumerate(scores)
+    ]
     assert sorted(p.name for p in (tmp_path / "max/checkpoints").glob("*.pt")) == sorted([ps[1].name, ps[2].name])
     assert resolve_checkpoint(tmp_path / "max", "best") == ps[1]
 
@@ -331,7 +339,9 @@ def test_export_round_trip_gives_identical_logits(tmp_path, tokenizer):
     model = make_model(vocab_size=tokenizer.vocab_size)
     opt = torch.optim.AdamW(model.parameters(), lr=1e-3)
     thresholds = {"tags": [0.3, 0.7]}
-    path = save_checkpoint(model, opt, None, 2, 0.5, {"loss": 0.5}, HPARAMS, tmp_path / "run", extra={"thresholds": thresholds})
+    path = save_checkpoint(
+        model, opt, None, 2, 0.5, {"loss": 0.5}, HPARAMS, tmp_path / "run", extra={"thresholds": thresholds}
+    )
 
     out = export_model(path, tmp_path / "export", tokenizer)
     for name in ("config.json", "model.safetensors", "emotrain_model.json", "tokenizer_config.json"):
@@ -346,7 +356,10 @@ def test_export_round_trip_gives_identical_logits(tmp_path, tokenizer):
     assert meta["source_checkpoint"] == str(path.resolve())
 
     batch = tok2(["I am so happy today!", "this is awful"], padding=True, return_tensors="pt")
-    assert batch["input_ids"].tolist() == tokenizer(["I am so happy today!", "this is awful"], padding=True, return_tensors="pt")["input_ids"].tolist()
+    assert (
+        batch["input_ids"].tolist()
+        == tokenizer(["I am so happy today!", "this is awful"], padding=True, return_tensors="pt")["input_ids"].tolist()
+    )
     model.eval()
     with torch.no_grad():
         a = model(batch["input_ids"], batch["attention_mask"])

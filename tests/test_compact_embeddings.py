@@ -1,4 +1,5 @@
-"""trainer.compact_embeddings: only the word-embedding rows of training tokens train, with the same result as dense training."""
+"""trainer.compact_embeddings: only the word-embedding rows of training tokens train, with the same result as
+dense training."""
 
 from __future__ import annotations
 
@@ -8,7 +9,6 @@ import torch
 from torch import nn
 
 from conftest import QUICK, make_recipe, train
-
 from emotrain.checkpointing import load_checkpoint, resolve_checkpoint
 from emotrain.models.embeddings import CompactWordEmbedding, compact_word_embeddings
 

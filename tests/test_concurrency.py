@@ -24,21 +24,22 @@ import numpy as np
 import pytest
 import yaml
 
-from conftest import TINY, compose
+from conftest import TINY, compose, subprocess_env
 
 # Heads only (freeze=full): the jobs share the cached features of one encoder.
 FROZEN = [
-    *TINY, "trainer.num_threads=1", "deterministic=true", "freeze=full", "trainer.epochs=2", "data.max_train_examples=64",
-    "data.max_eval_examples=32", "checkpoint.export=false", "report=false",
+    *TINY,
+    "trainer.num_threads=1",
+    "deterministic=true",
+    "freeze=full",
+    "trainer.epochs=2",
+    "data.max_train_examples=64",
+    "data.max_eval_examples=32",
+    "checkpoint.export=false",
+    "report=false",
 ]
 LRS_A = ["0.01", "0.03"]  # the joblib sweep
 LR_B = "0.01"  # the other sweep: the same job as A's first, run at the same time
-
-
-def _env(cwd: Path, cache: Path) -> dict:
-    env = {**os.environ, "HF_HUB_OFFLINE": "1", "TRANSFORMERS_OFFLINE": "1", "TOKENIZERS_PARALLELISM": "false", "EMOTRAIN_CACHE": str(cache)}
-    env.pop("HYDRA_FULL_ERROR", None)
-    return env
 
 
 @pytest.fixture(scope="module")
@@ -50,9 +51,17 @@ def sweeps(tmp_path_factory):
         "joblib": ["-m", "hydra/launcher=joblib", "hydra.launcher.n_jobs=2", f"optim.lr={','.join(LRS_A)}", *FROZEN],
         "basic": ["-m", f"optim.lr={LR_B}", *FROZEN],
     }
-    procs = {name: subprocess.Popen([sys.executable, "-m", "emotrain", *args], cwd=cwd, env=_env(cwd, cache),
-                                    stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
-             for name, args in commands.items()}
+    procs = {
+        name: subprocess.Popen(
+            [sys.executable, "-m", "emotrain", *args],
+            cwd=cwd,
+            env=subprocess_env(cache),
+            stdout=subprocess.PIPE,
+            stderr=subprocess.PIPE,
+            text=True,
+        )
+        for name, args in commands.items()
+    }
     results = {name: (p.wait(timeout=420), *p.communicate()) for name, p in procs.items()}
     sweep_dirs = sorted(p.parent for p in (cwd / "multirun").glob("*/*/multirun.yaml"))
     return cwd, cache, results, sweep_dirs
@@ -99,7 +108,9 @@ def test_two_sweeps_at_once_keep_to_their_own_directories(sweeps):
             lrs.append(lr)
             metrics = json.loads((job / "metrics.json").read_text())
             assert metrics["status"] == "completed" and f"optim.lr={lr}" in metrics["overrides"]
-            assert metrics["config"]["optim"]["lr"] == float(lr) and metrics["config"]["paths"]["output_dir"] == str(job)
+            assert metrics["config"]["optim"]["lr"] == float(lr) and metrics["config"]["paths"]["output_dir"] == str(
+                job
+            )
             # its checkpoints are its own: trained with its learning rate, written under its directory
             from emotrain.checkpointing import load_checkpoint
 
@@ -155,7 +166,9 @@ def _feature(text: str) -> np.ndarray:
 
 
 def _token_ids(text: str, max_length: int) -> np.ndarray:
-    return np.frombuffer(hashlib.sha256(text.encode()).digest(), dtype=np.uint8)[: 3 + len(text) % max_length].astype(np.int64)
+    return np.frombuffer(hashlib.sha256(text.encode()).digest(), dtype=np.uint8)[: 3 + len(text) % max_length].astype(
+        np.int64
+    )
 
 
 class _Tokenizer:
@@ -202,7 +215,9 @@ def _worker(cache_dir: str, seed: int, rounds: int, barrier, results, die_in_wri
     for _ in range(rounds):
         idx = rng.choice(len(TEXTS), size=40, replace=False)
         texts = [TEXTS[i] for i in idx]
-        feats, _ = caches.FeatureCache(cache_dir, MODEL_KEY).lookup(texts, lambda missing, texts=texts: np.stack([_feature(texts[i]) for i in missing]))
+        feats, _ = caches.FeatureCache(cache_dir, MODEL_KEY).lookup(
+            texts, lambda missing, texts=texts: np.stack([_feature(texts[i]) for i in missing])
+        )
         bad += int(not all(np.array_equal(f, _feature(t)) for f, t in zip(feats, texts)))
         texts = TOKEN_LISTS[int(rng.integers(len(TOKEN_LISTS)))]
         seqs = caches.TokenCache(cache_dir).encode(_Tokenizer(), texts, 16, _encode)
@@ -238,5 +253,7 @@ def test_cache_stress_many_processes_same_keys(tmp_path):
     # and a fresh reader gets every value right
     from emotrain.training.caches import FeatureCache
 
-    feats, computed = FeatureCache(tmp_path, MODEL_KEY).lookup(TEXTS, lambda missing: np.stack([_feature(TEXTS[i]) for i in missing]))
+    feats, computed = FeatureCache(tmp_path, MODEL_KEY).lookup(
+        TEXTS, lambda missing: np.stack([_feature(TEXTS[i]) for i in missing])
+    )
     assert all(np.array_equal(f, _feature(t)) for f, t in zip(feats, TEXTS))

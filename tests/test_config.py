@@ -3,8 +3,8 @@
 from __future__ import annotations
 
 import subprocess
-from pathlib import Path
 import sys
+from pathlib import Path
 
 import pytest
 from hydra.errors import ConfigCompositionException
@@ -13,7 +13,9 @@ from omegaconf.errors import ConfigKeyError, ValidationError
 from conftest import CONFIG_DIR, REPO_ROOT, compose
 
 PRESET_GROUPS = {"hydra", "sweep", "hparams_search", "experiment"}  # '@package _global_' presets; composed elsewhere
-GROUPS = sorted(p.name for p in CONFIG_DIR.iterdir() if p.is_dir() and p.name not in PRESET_GROUPS)
+GROUPS = sorted(
+    p.name for p in CONFIG_DIR.iterdir() if p.is_dir() and p.name not in PRESET_GROUPS and not p.name.startswith("_")
+)
 REQUIRED = {  # options with mandatory keys
     ("data", "goemotions"): ["data.dir=/tmp/x"],
     ("data", "table"): ["data.train_file=x.csv", "+data.tasks.emotion.column=label"],
@@ -61,7 +63,10 @@ def test_cli_rejects_bad_override_with_one_line_message(tmp_path):
     """Compose errors stop the CLI before any data is read: message names the key, no traceback."""
     proc = subprocess.run(
         [sys.executable, "-m", "emotrain", "trainer.epochs=abc", f"hydra.run.dir={tmp_path}/run"],
-        cwd=REPO_ROOT, capture_output=True, text=True, timeout=120,
+        cwd=REPO_ROOT,
+        capture_output=True,
+        text=True,
+        timeout=120,
     )
     assert proc.returncode != 0
     assert "trainer.epochs" in proc.stderr
@@ -70,9 +75,16 @@ def test_cli_rejects_bad_override_with_one_line_message(tmp_path):
 
 
 def test_help_lists_config_groups():
-    proc = subprocess.run([sys.executable, "-m", "emotrain", "--help"], cwd=REPO_ROOT, capture_output=True, text=True, timeout=120)
+    proc = subprocess.run(
+        [sys.executable, "-m", "emotrain", "--help"], cwd=REPO_ROOT, capture_output=True, text=True, timeout=120
+    )
     assert proc.returncode == 0
-    for line in ("backbone: local, minilm, tiny", "data: goemotions, sample, table", "loss: default, focal", "cv: holdout, kfold"):
+    for line in (
+        "backbone: local, minilm, tiny",
+        "data: goemotions, sample, table",
+        "loss: default, focal",
+        "cv: holdout, kfold",
+    ):
         assert line in proc.stdout
 
 
@@ -92,12 +104,18 @@ def test_goemotions_experiment_composes(tmp_path):
         ("+optim.lrr=1", "optim.lrr: no such key; did you mean optim.lr?"),
         ("+seedd=3", "seedd: no such key; did you mean seed?"),
         ("+trainer.early_stopping.patiense=3", "did you mean trainer.early_stopping.patience?"),
-        ("+backbone.hidden_size=768", "backbone.hidden_size: the chosen backbone option has no such key; it acts only with backbone=tiny"),
+        (
+            "+backbone.hidden_size=768",
+            "backbone.hidden_size: the chosen backbone option has no such key; it acts only with backbone=tiny",
+        ),
         ("+freeze.every=2", "it acts only with freeze=progressive"),
         ("+cv.k=3", "it acts only with cv=kfold"),
         ("+logger.tracking_uri=x", "it acts only with logger=mlflow"),
         ("+scheduler.num_cycles=3", "it acts only with scheduler=cosine_restarts"),
-        ("loss.kind=focal", "loss.kind=focal: the composed loss option has other keys; choose the option itself with loss=focal"),
+        (
+            "loss.kind=focal",
+            "loss.kind=focal: the composed loss option has other keys; choose the option itself with loss=focal",
+        ),
     ],
 )
 def test_keys_outside_the_schema_are_refused_with_the_closest_key(override, message, tmp_path):
@@ -113,8 +131,18 @@ def test_keys_outside_the_schema_are_refused_with_the_closest_key(override, mess
 def test_open_maps_take_new_keys(tmp_path):
     from emotrain.config import check_config_keys
 
-    cfg = compose(["data=table", "data.train_file=x.csv", "+data.tasks.emotion.column=label", "+data.tasks.topic.column=t",
-                   "+loss.task_weights.emotion=2.0", "loss=focal", "+loss.alpha.emotion=[1,2]"], tmp_path)
+    cfg = compose(
+        [
+            "data=table",
+            "data.train_file=x.csv",
+            "+data.tasks.emotion.column=label",
+            "+data.tasks.topic.column=t",
+            "+loss.task_weights.emotion=2.0",
+            "loss=focal",
+            "+loss.alpha.emotion=[1,2]",
+        ],
+        tmp_path,
+    )
     check_config_keys(cfg)
     assert set(cfg.data.tasks) == {"emotion", "topic"}
 
@@ -150,8 +178,13 @@ def test_cli_one_line_key_errors(tmp_path):
         "data.sep=;": "quote the value: \"data.sep=';'\"",
     }
     for override, fragment in cases.items():
-        proc = subprocess.run([sys.executable, "-m", "emotrain", override, f"hydra.run.dir={tmp_path}/run"],
-                              cwd=tmp_path, capture_output=True, text=True, timeout=120)
+        proc = subprocess.run(
+            [sys.executable, "-m", "emotrain", override, f"hydra.run.dir={tmp_path}/run"],
+            cwd=tmp_path,
+            capture_output=True,
+            text=True,
+            timeout=120,
+        )
         assert proc.returncode == 2 and fragment in proc.stderr, proc.stderr
         assert len(proc.stderr.strip().splitlines()) == 1 and "+trainer.epoch" not in proc.stderr
 
@@ -162,14 +195,22 @@ def test_configs_ship_inside_the_package_and_work_from_any_directory(tmp_path):
 
     conf = Path(emotrain.__file__).parent / "conf"
     assert CONFIG_DIR == conf and (conf / "train.yaml").is_file() and not (REPO_ROOT / "conf").exists()
-    proc = subprocess.run([sys.executable, "-m", "emotrain", "--help"], cwd=tmp_path, capture_output=True, text=True, timeout=120)
+    proc = subprocess.run(
+        [sys.executable, "-m", "emotrain", "--help"], cwd=tmp_path, capture_output=True, text=True, timeout=120
+    )
     assert proc.returncode == 0 and "backbone: local, minilm, tiny" in proc.stdout, proc.stderr
     user = tmp_path / "my_conf" / "experiment"
     user.mkdir(parents=True)
-    (user / "mine.yaml").write_text("# @package _global_\ndefaults:\n  - override /backbone: tiny\ntrainer:\n  epochs: 3\n")
+    (user / "mine.yaml").write_text(
+        "# @package _global_\ndefaults:\n  - override /backbone: tiny\ntrainer:\n  epochs: 3\n"
+    )
     for how in (["--config-dir", str(tmp_path / "my_conf")], [f"hydra.searchpath=[file://{tmp_path / 'my_conf'}]"]):
-        proc = subprocess.run([sys.executable, "-m", "emotrain", *how, "experiment=mine", "--cfg", "job"],
-                              cwd=tmp_path, capture_output=True, text=True, timeout=120)
+        proc = subprocess.run(
+            [sys.executable, "-m", "emotrain", *how, "experiment=mine", "--cfg", "job"],
+            cwd=tmp_path,
+            capture_output=True,
+            text=True,
+            timeout=120,
+        )
         assert proc.returncode == 0, proc.stderr
         assert "kind: tiny" in proc.stdout and "epochs: 3" in proc.stdout
-

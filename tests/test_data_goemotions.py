@@ -82,7 +82,7 @@ def test_slice_three_multilabel_tasks(goemotions_slice):
 
 
 def test_quotes_and_multi_label_rows_read_verbatim(tmp_path, goemotions_slice):
-    lines = ['"Quoted" start and "unbalanced\t3,15\tabc1\n', 'plain text\t27\tabc2\n']
+    lines = ['"Quoted" start and "unbalanced\t3,15\tabc1\n', "plain text\t27\tabc2\n"]
     (goemotions_slice / "dev.tsv").write_text("".join(lines), encoding="utf-8")
     b = load_goemotions(goemotions_slice)
     assert b.val.texts == ['"Quoted" start and "unbalanced', "plain text"]
@@ -90,7 +90,9 @@ def test_quotes_and_multi_label_rows_read_verbatim(tmp_path, goemotions_slice):
 
 
 def test_task_selection_and_unknown_task(goemotions_slice):
-    b = load_data({"kind": "goemotions", "dir": str(goemotions_slice), "tasks": ["ekman"], "primary_task": "ekman"}, Path("/"))
+    b = load_data(
+        {"kind": "goemotions", "dir": str(goemotions_slice), "tasks": ["ekman"], "primary_task": "ekman"}, Path("/")
+    )
     assert [t.name for t in b.tasks] == ["ekman"] and set(b.train.targets) == {"ekman"}
     with pytest.raises(DataError) as e:
         load_goemotions(goemotions_slice, tasks=["emotion", "ekmann"])

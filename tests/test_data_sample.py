@@ -12,8 +12,15 @@ from emotrain.data.sample import EMOTION_LABELS, EMOTION_TO_SENTIMENT, SAMPLE_DI
 from emotrain.errors import DataError
 
 ROWS = {
-    "train": [("I love this", "joy"), ("How dare you", "anger"), ("Gross, \"really\" gross", "disgust"),
-              ("I'm scared", "fear"), ("So sad today", "sadness"), ("Wow, what?", "surprise"), ("It is Tuesday", "neutral")],
+    "train": [
+        ("I love this", "joy"),
+        ("How dare you", "anger"),
+        ('Gross, "really" gross', "disgust"),
+        ("I'm scared", "fear"),
+        ("So sad today", "sadness"),
+        ("Wow, what?", "surprise"),
+        ("It is Tuesday", "neutral"),
+    ],
     "val": [("Great news", "joy"), ("Ugh", "disgust")],
     "test": [("Oh no", "sadness"), ("Whoa", "surprise"), ("ok", "neutral")],
 }

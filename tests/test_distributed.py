@@ -3,8 +3,8 @@
 The end-to-end tests launch `python -m torch.distributed.run --nproc_per_node=2` on CPU
 (gloo) with the tiny backbone: `-m emotrain` itself (run dir, resume), and a 4-line wrapper
 around the same entry point that turns the tiny encoder's dropout off, compared with a
-single process trained on the same global batch (trainer.batch_size * 2). With dropout off, both runs see exactly the same
-examples per optimiser step, and the per-rank loss weighting (examples on the rank * world /
+single process trained on the same global batch (trainer.batch_size * 2). With dropout off, both runs see
+exactly the same examples per optimiser step, and the per-rank loss weighting (examples on the rank * world /
 examples in the global batch) makes DDP's averaged gradient the global-batch mean even for an
 uneven last batch. What remains is float32 rounding in a different order (each rank pads its
 own half of a batch to its own longest text, so the matmul shapes differ; the gradient is an
@@ -18,7 +18,6 @@ resume test runs with it on.
 from __future__ import annotations
 
 import json
-import os
 import socket
 import subprocess
 import sys
@@ -28,10 +27,10 @@ import numpy as np
 import pytest
 import torch
 
-from conftest import REPO_ROOT, TINY, compose
+from conftest import REPO_ROOT, TINY, compose, subprocess_env
 from emotrain import distributed as ddp
+from emotrain.callbacks import hydra_argv
 from emotrain.training.batching import LengthGroupedBatchSampler
-
 
 # --------------------------------------------------------------------------- sampler
 
@@ -41,7 +40,10 @@ from emotrain.training.batching import LengthGroupedBatchSampler
 def test_rank_shares_partition_the_single_process_batches(n, batch, world, group):
     lengths = np.random.default_rng(0).integers(1, 60, size=n)
     single = LengthGroupedBatchSampler(lengths, batch * world, shuffle=True, group_by_length=group, seed=3)
-    ranks = [LengthGroupedBatchSampler(lengths, batch, shuffle=True, group_by_length=group, seed=3, rank=r, world_size=world) for r in range(world)]
+    ranks = [
+        LengthGroupedBatchSampler(lengths, batch, shuffle=True, group_by_length=group, seed=3, rank=r, world_size=world)
+        for r in range(world)
+    ]
     for epoch in (0, 1):
         for s in [single, *ranks]:
             s.set_epoch(epoch)
@@ -96,9 +98,12 @@ def test_helpers_are_noops_in_one_process(monkeypatch):
     assert ddp.wrap_model(model, info) is model
     ddp.cleanup()
     argv = ["emotrain", "trainer.epochs=1"]
-    assert ddp.hydra_argv(argv) == argv  # not under torchrun: the command line is left alone
+    assert hydra_argv(argv) == argv  # not under torchrun: the command line is left alone
     monkeypatch.setenv("WORLD_SIZE", "2")
-    assert ddp.hydra_argv(argv) == [*argv, "++hydra.callbacks.emotrain_distributed._target_=emotrain.distributed.DistributedRunDir"]
+    assert hydra_argv(argv) == [
+        *argv,
+        "++hydra.callbacks.emotrain_distributed._target_=emotrain.callbacks.DistributedRunDir",
+    ]
 
 
 # --------------------------------------------------------------------------- 2 processes, gloo
@@ -147,10 +152,19 @@ def _free_port() -> int:
 
 def _torchrun(target: list[str], overrides: list[str], cwd: Path, timeout: int = 300) -> subprocess.CompletedProcess:
     """`python -m torch.distributed.run --nproc_per_node=2 <target> overrides` on CPU (gloo), one thread per rank."""
-    env = {**os.environ, "OMP_NUM_THREADS": "1", "HF_HUB_OFFLINE": "1", "TOKENIZERS_PARALLELISM": "false", "CUDA_VISIBLE_DEVICES": "", "PYTHONPATH": str(REPO_ROOT)}
+    env = subprocess_env(OMP_NUM_THREADS="1", CUDA_VISIBLE_DEVICES="", PYTHONPATH=str(REPO_ROOT))
     for var in ("RANK", "WORLD_SIZE", "LOCAL_RANK"):
         env.pop(var, None)
-    cmd = [sys.executable, "-m", "torch.distributed.run", f"--nproc_per_node={WORLD}", "--master_addr=127.0.0.1", f"--master_port={_free_port()}", *target, *overrides]
+    cmd = [
+        sys.executable,
+        "-m",
+        "torch.distributed.run",
+        f"--nproc_per_node={WORLD}",
+        "--master_addr=127.0.0.1",
+        f"--master_port={_free_port()}",
+        *target,
+        *overrides,
+    ]
     proc = subprocess.run(cmd, cwd=cwd, env=env, capture_output=True, text=True, timeout=timeout)
     assert proc.returncode == 0, f"torchrun failed ({proc.returncode}):\n{proc.stdout[-4000:]}\n{proc.stderr[-6000:]}"
     return proc
@@ -167,7 +181,13 @@ def no_dropout_run(tmp_path_factory):
     launcher = tmp / "launch_no_dropout.py"
     launcher.write_text(NO_DROPOUT_LAUNCHER)
     run_dir = tmp / "run"
-    overrides = [*BASE, "trainer.dropout=0.0", f"trainer.batch_size={PER_RANK_BATCH}", f"paths.cache_dir={tmp / 'cache'}", f"hydra.run.dir={run_dir}"]
+    overrides = [
+        *BASE,
+        "trainer.dropout=0.0",
+        f"trainer.batch_size={PER_RANK_BATCH}",
+        f"paths.cache_dir={tmp / 'cache'}",
+        f"hydra.run.dir={run_dir}",
+    ]
     _torchrun([str(launcher)], overrides, tmp)
     return run_dir
 
@@ -196,8 +216,10 @@ def test_two_process_gloo_run_matches_single_process(no_dropout_run, tmp_path, m
     assert worst < 1e-4, f"loss curves differ: worst relative difference {worst:.2e}: {curve}"
     for key, value in single["test"].items():
         assert abs(dist["test"][key] - value) <= 1e-4 * max(abs(value), 1.0), (key, dist["test"][key], value)
-    print(f"\nDDP vs single process: worst relative loss-curve difference {worst:.2e}; curve {curve}; "
-          f"test loss {dist['test']['loss']!r} vs {single['test']['loss']!r}")
+    print(
+        f"\nDDP vs single process: worst relative loss-curve difference {worst:.2e}; curve {curve}; "
+        f"test loss {dist['test']['loss']!r} vs {single['test']['loss']!r}"
+    )
 
 
 def test_sharded_evaluation_equals_single_process_evaluation(no_dropout_run, tmp_path):
@@ -222,12 +244,23 @@ def test_torchrun_run_dir_and_resume(tmp_path):
     streams are reseeded from (seed, epoch, rank) at each epoch start)."""
     from emotrain.checkpointing import load_checkpoint
 
-    overrides = [*BASE, "trainer.epochs=2", f"trainer.batch_size={PER_RANK_BATCH}", f"paths.cache_dir={tmp_path / 'cache'}"]
+    overrides = [
+        *BASE,
+        "trainer.epochs=2",
+        f"trainer.batch_size={PER_RANK_BATCH}",
+        f"paths.cache_dir={tmp_path / 'cache'}",
+    ]
     _torchrun(["-m", "emotrain"], overrides, tmp_path)
     runs = [p for p in (tmp_path / "outputs").glob("*/*") if p.is_dir()]
     assert len(runs) == 1, runs  # all ranks agreed on rank 0's ${now:...}
     run_dir = runs[0]
-    assert sorted(p.name for p in run_dir.iterdir()) == [".emotrain.lock", ".hydra", "checkpoints", "emotrain.log", "metrics.json"]
+    assert sorted(p.name for p in run_dir.iterdir()) == [
+        ".emotrain.lock",
+        ".hydra",
+        "checkpoints",
+        "emotrain.log",
+        "metrics.json",
+    ]
     assert "[rank 1]" not in (run_dir / "emotrain.log").read_text()
     straight = json.loads((run_dir / "metrics.json").read_text())
     index = json.loads((run_dir / "checkpoints" / "index.json").read_text())["checkpoints"]

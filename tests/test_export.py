@@ -16,10 +16,13 @@ os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
 
 from test_inference import assert_same_thresholds, exported_bundle, one_torch_thread, trained_run  # noqa: E402, F401  (shared, trained once per session)
 
+from emotrain.data.types import TaskSpec  # noqa: E402
 from emotrain.errors import EmotrainError  # noqa: E402
-from emotrain.inference import ExportCheckError, export_bundle  # noqa: E402
-from emotrain.inference import onnx_export  # noqa: E402
-from emotrain.inference.bundle import TaskInfo  # noqa: E402
+from emotrain.inference import (  # noqa: E402
+    ExportCheckError,
+    export_bundle,
+    onnx_export,  # noqa: E402
+)
 
 
 @pytest.fixture(scope="module")
@@ -79,8 +82,17 @@ def test_bundle_layout_and_metadata(kind, tmp_path_factory):
     checks = meta["checks"]
     assert checks["samples"] >= 30
     assert checks["fp32"]["max_abs_diff_logits"] < 1e-4 and checks["fp32"]["passed"]
-    assert checks["int8"]["passed"] and checks["int8"]["decision_agreement"] >= checks["int8"]["min_agreement"] == onnx_export.DEFAULT_MIN_AGREEMENT == 0.9
-    print(f"{kind}: fp32 max|diff| {checks['fp32']['max_abs_diff_logits']:.2e}, int8 agreement {checks['int8']['decision_agreement']:.1%}")
+    assert (
+        checks["int8"]["passed"]
+        and checks["int8"]["decision_agreement"]
+        >= checks["int8"]["min_agreement"]
+        == onnx_export.DEFAULT_MIN_AGREEMENT
+        == 0.9
+    )
+    print(
+        f"{kind}: fp32 max|diff| {checks['fp32']['max_abs_diff_logits']:.2e}, int8 agreement "
+        f"{checks['int8']['decision_agreement']:.1%}"
+    )
 
     # Graph: dynamic batch and sequence axes, one logits output per task, named after it.
     model = onnx.load(str(bundle / "model.onnx"))
@@ -98,7 +110,7 @@ def test_fp32_onnx_matches_pytorch_and_int8_agrees(goemotions_run, tmp_path_fact
     import onnxruntime as ort
     import torch
 
-    from emotrain.checkpointing import load_exported_model
+    from emotrain.inference.model_dir import load_exported_model
 
     bundle = exported_bundle("goemotions", tmp_path_factory)
     model, tokenizer, meta = load_exported_model(goemotions_run / "model")
@@ -118,9 +130,14 @@ def test_fp32_onnx_matches_pytorch_and_int8_agrees(goemotions_run, tmp_path_fact
             a32[n].append(a)
             a8[n].append(b)
     assert worst < 1e-4
-    tasks = [TaskInfo.from_dict(t) for t in meta["tasks"]]
-    stats = onnx_export.agreement(tasks, {n: np.concatenate(v) for n, v in a32.items()}, {n: np.concatenate(v) for n, v in a8.items()}, thresholds)
-    print(f"fp32 max|diff| {worst:.2e}; int8 on random token batches: decision agreement {stats['decision_agreement']:.1%}, exact label sets {stats['exact_match']}")
+    tasks = [TaskSpec.from_dict(t) for t in meta["tasks"]]
+    stats = onnx_export.agreement(
+        tasks, {n: np.concatenate(v) for n, v in a32.items()}, {n: np.concatenate(v) for n, v in a8.items()}, thresholds
+    )
+    print(
+        f"fp32 max|diff| {worst:.2e}; int8 on random token batches: decision agreement "
+        f"{stats['decision_agreement']:.1%}, exact label sets {stats['exact_match']}"
+    )
     assert stats["decision_agreement"] >= onnx_export.DEFAULT_MIN_AGREEMENT
 
 
@@ -233,7 +250,9 @@ def test_out_dir_rules_and_pytorch_files(sample_run, tmp_path):
     assert torch_engine.thresholds == onnx_engine.thresholds
     a, b = torch_engine.predict("what a day"), onnx_engine.predict("what a day")
     assert a["emotion"] == b["emotion"]
-    assert np.allclose(list(a["tasks"]["emotion"]["scores"].values()), list(b["tasks"]["emotion"]["scores"].values()), atol=1e-5)
+    assert np.allclose(
+        list(a["tasks"]["emotion"]["scores"].values()), list(b["tasks"]["emotion"]["scores"].values()), atol=1e-5
+    )
 
     # Re-export over an existing bundle replaces it.
     (out / "stale.txt").write_text("old")
@@ -249,13 +268,24 @@ def test_export_cli(sample_run, tmp_path, capsys):
     from emotrain.inference.cli import export_main, parse_export_args
 
     out = tmp_path / "cli_bundle"
-    assert export_main([f"checkpoint={sample_run}", f"out={out}", "quantize=false", "opset=17", "min_agreement=0.5"]) == 0
+    assert (
+        export_main([f"checkpoint={sample_run}", f"out={out}", "quantize=false", "opset=17", "min_agreement=0.5"]) == 0
+    )
     printed = capsys.readouterr().out
     assert f"bundle: {out}" in printed and "fp32 max|diff|" in printed
     assert (out / "model.onnx").is_file() and not (out / "model.int8.onnx").exists()
 
-    assert parse_export_args(["checkpoint=x", "quantize=no", "atol=1e-5", "out=null"]) == {"checkpoint": "x", "quantize": False, "atol": 1e-5, "out": None}
-    for argv, needle in ((["checkpoint=x", "quantise=false"], "did you mean 'quantize'"), (["quantize=false"], "checkpoint=PATH is required"), (["checkpoint=x", "opset=new"], "opset")):
+    assert parse_export_args(["checkpoint=x", "quantize=no", "atol=1e-5", "out=null"]) == {
+        "checkpoint": "x",
+        "quantize": False,
+        "atol": 1e-5,
+        "out": None,
+    }
+    for argv, needle in (
+        (["checkpoint=x", "quantise=false"], "did you mean 'quantize'"),
+        (["quantize=false"], "checkpoint=PATH is required"),
+        (["checkpoint=x", "opset=new"], "opset"),
+    ):
         with pytest.raises(SystemExit) as e:
             export_main(argv)
         assert e.value.code == 2
@@ -270,5 +300,11 @@ def test_export_cli(sample_run, tmp_path, capsys):
 
 
 def test_python_m_emotrain_export_help():
-    proc = subprocess.run([sys.executable, "-m", "emotrain.export", "--help"], capture_output=True, text=True, timeout=60, cwd=str(Path(__file__).resolve().parents[1]))
+    proc = subprocess.run(
+        [sys.executable, "-m", "emotrain.export", "--help"],
+        capture_output=True,
+        text=True,
+        timeout=60,
+        cwd=str(Path(__file__).resolve().parents[1]),
+    )
     assert proc.returncode == 0 and "checkpoint=PATH" in proc.stdout and "quantize" in proc.stdout

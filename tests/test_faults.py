@@ -21,20 +21,31 @@ from pathlib import Path
 
 import pytest
 import torch
-
-from conftest import REPO_ROOT
-from emotrain.checkpointing import load_checkpoint, resolve_checkpoint
 from test_bad_inputs import Case, run_batch
+
+from conftest import REPO_ROOT, subprocess_env
+from emotrain.checkpointing import load_checkpoint, resolve_checkpoint
 
 # 48 training examples / batch 8 = 6 optimiser steps per epoch; 24 eval examples / 8 = 3 eval batches.
 BASE = [
-    "backbone=tiny", "precision=fp32", "optim.fused=false", "trainer.progress=false", "trainer.num_threads=1",
-    "deterministic=true", "trainer.epochs=2", "trainer.batch_size=8", "trainer.eval_batch_size=8",
-    "data.max_train_examples=48", "data.max_eval_examples=24", "checkpoint.save_top_k=1", "checkpoint.export=false", "report=false",
+    "backbone=tiny",
+    "precision=fp32",
+    "optim.fused=false",
+    "trainer.progress=false",
+    "trainer.num_threads=1",
+    "deterministic=true",
+    "trainer.epochs=2",
+    "trainer.batch_size=8",
+    "trainer.eval_batch_size=8",
+    "data.max_train_examples=48",
+    "data.max_eval_examples=24",
+    "checkpoint.save_top_k=1",
+    "checkpoint.export=false",
+    "report=false",
 ]
 STEPS_PER_EPOCH = 6
 
-HARNESS = r'''
+HARNESS = r"""
 import errno, io, os, signal, sys
 from pathlib import Path
 
@@ -161,7 +172,7 @@ else:
 from emotrain.__main__ import main
 
 main()
-'''
+"""
 
 KILLS = {
     # name: (harness point, n)
@@ -172,14 +183,15 @@ KILLS = {
 }
 
 
-def _env(work: Path) -> dict:
-    env = {**os.environ, "HF_HUB_OFFLINE": "1", "TRANSFORMERS_OFFLINE": "1", "TOKENIZERS_PARALLELISM": "false", "EMOTRAIN_CACHE": str(work / "cache")}
-    env.pop("HYDRA_FULL_ERROR", None)
-    return env
-
-
 def _harness(point: str, n: int, args: list[str], work: Path) -> subprocess.CompletedProcess:
-    return subprocess.run([sys.executable, "-c", HARNESS, point, str(n), *args], cwd=REPO_ROOT, env=_env(work), capture_output=True, text=True, timeout=300)
+    return subprocess.run(
+        [sys.executable, "-c", HARNESS, point, str(n), *args],
+        cwd=REPO_ROOT,
+        env=subprocess_env(work / "cache"),
+        capture_output=True,
+        text=True,
+        timeout=300,
+    )
 
 
 @pytest.fixture(scope="module")
@@ -193,13 +205,19 @@ def faults(tmp_path_factory):
     work = tmp_path_factory.mktemp("faults")
     runs = work / "runs"
     jobs = {name: (point, n, [*BASE, f"hydra.run.dir={runs / name}"]) for name, (point, n) in KILLS.items()}
-    jobs["diverge"] = ("diverge", STEPS_PER_EPOCH + 3, [*BASE, "trainer.max_nonfinite_steps=3", "report=true", f"hydra.run.dir={runs / 'diverge'}"])
+    jobs["diverge"] = (
+        "diverge",
+        STEPS_PER_EPOCH + 3,
+        [*BASE, "trainer.max_nonfinite_steps=3", "report=true", f"hydra.run.dir={runs / 'diverge'}"],
+    )
     jobs["enospc"] = ("enospc", 2, [*BASE, f"hydra.run.dir={runs / 'enospc'}"])
     with ThreadPoolExecutor(max_workers=3) as pool:
         first = dict(zip(jobs, pool.map(lambda job: _harness(*job, work), jobs.values())))
     # What each kill left half-written, before the resumes clean it up.
     leftovers = {name: sorted(p.name for p in (runs / name / "checkpoints").glob(".*.tmp")) for name in KILLS}
-    cases = [Case("straight", BASE, valid=True)] + [Case(f"{name}_resumed", [*BASE, f"resume={runs / name}"], valid=True) for name in KILLS]
+    cases = [Case("straight", BASE, valid=True)] + [
+        Case(f"{name}_resumed", [*BASE, f"resume={runs / name}"], valid=True) for name in KILLS
+    ]
     resumed = run_batch(cases, work)  # run dirs: work/runs/<case name>
     return runs, first, resumed, leftovers
 
@@ -216,7 +234,11 @@ def _checkpoint_files_are_whole(run_dir: Path) -> list[Path]:
         if pointer.name != "index.json":
             assert (directory / names[0]).is_file(), f"{pointer} points to a missing file"
     # an interrupted atomic write leaves at most a hidden temporary file, never a file under a checkpoint name
-    assert all(p.name.startswith(".") and p.name.endswith(".tmp") for p in directory.iterdir() if p.suffix not in (".pt", ".json")), list(directory.iterdir())
+    assert all(
+        p.name.startswith(".") and p.name.endswith(".tmp")
+        for p in directory.iterdir()
+        if p.suffix not in (".pt", ".json")
+    ), list(directory.iterdir())
     return files
 
 
@@ -314,7 +336,7 @@ def test_a_failed_write_names_the_file_and_leaves_the_old_content(tmp_path, monk
     target = write_json(tmp_path / "metrics.json", {"old": True})
 
     def fill_up(fh):
-        fh.write("{\"new\": ")
+        fh.write('{"new": ')
         raise OSError(errno.ENOSPC, os.strerror(errno.ENOSPC))
 
     with pytest.raises(OSError) as info:
@@ -326,4 +348,9 @@ def test_a_failed_write_names_the_file_and_leaves_the_old_content(tmp_path, monk
     from emotrain.cli import os_error_message
 
     message = os_error_message(info.value)
-    assert str(target) in message and "No space left on device" in message and "free disk space" in message and "\n" not in message
+    assert (
+        str(target) in message
+        and "No space left on device" in message
+        and "free disk space" in message
+        and "\n" not in message
+    )

@@ -23,9 +23,8 @@ import pytest
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
 os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
 
-from conftest import GOEMOTIONS_DIR, REPO_ROOT, TINY, copy_goemotions_slice, train  # noqa: E402
-
-from emotrain.errors import CheckpointError  # noqa: E402
+from conftest import GOEMOTIONS_DIR, REPO_ROOT, TINY, copy_goemotions_slice, subprocess_env, train  # noqa: E402
+from emotrain.errors import CheckpointError, EmotrainError  # noqa: E402
 from emotrain.inference import BundleError, load_engine  # noqa: E402
 
 # Edge cases plus ordinary texts of very different lengths (so length sorting reorders them).
@@ -50,11 +49,20 @@ def trained_run(kind: str, tmp_path_factory) -> Path:
     key = ("run", kind)
     if key not in _CACHE:
         root = tmp_path_factory.mktemp(f"run_{kind}")
-        overrides = [*TINY, "trainer.epochs=1", "data.max_train_examples=64", "data.max_eval_examples=32", "report=false"]
+        overrides = [
+            *TINY,
+            "trainer.epochs=1",
+            "data.max_train_examples=64",
+            "data.max_eval_examples=32",
+            "report=false",
+        ]
         if kind == "goemotions":
             if not (GOEMOTIONS_DIR / "train.tsv").is_file():
                 pytest.skip(f"GoEmotions not found at {GOEMOTIONS_DIR}")
-            overrides += ["data=goemotions", f"data.dir={copy_goemotions_slice(GOEMOTIONS_DIR, root / 'goemotions_slice')}"]
+            overrides += [
+                "data=goemotions",
+                f"data.dir={copy_goemotions_slice(GOEMOTIONS_DIR, root / 'goemotions_slice')}",
+            ]
         train(overrides, root)
         _CACHE[key] = root / "run"
     return _CACHE[key]
@@ -157,7 +165,9 @@ def test_multilabel_uses_tuned_thresholds_and_global_override(goemotions_engine,
             th = np.asarray(engine.thresholds[t.name])
             expected = [t.labels[j] for j in np.flatnonzero(s >= th)]
             assert sorted(out["labels"]) == sorted(expected)
-            assert [out["scores"][x] for x in out["labels"]] == sorted((out["scores"][x] for x in out["labels"]), reverse=True)
+            assert [out["scores"][x] for x in out["labels"]] == sorted(
+                (out["scores"][x] for x in out["labels"]), reverse=True
+            )
             assert out["label"] == t.labels[int(s.argmax())]  # highest score, decided or not
         assert r["emotion"] == r["tasks"]["emotion"]["label"]
 
@@ -208,7 +218,10 @@ def test_onnx_engines_match_the_pytorch_engine(goemotions_bundle):
     inter = sum(int((d32[k] & d8[k]).sum()) for k in d32)
     union = sum(int((d32[k] | d8[k]).sum()) for k in d32)
     stated = json.loads((goemotions_bundle / "bundle.json").read_text())["checks"]["int8"]
-    print(f"int8 vs fp32 on the test texts: {inter / union:.1%} of switched-on labels shared (export check: {stated['decision_agreement']:.1%})")
+    print(
+        f"int8 vs fp32 on the test texts: {inter / union:.1%} of switched-on labels shared (export check: "
+        f"{stated['decision_agreement']:.1%})"
+    )
     assert inter / union >= stated["min_agreement"]
 
 
@@ -272,7 +285,9 @@ def test_input_handling(sample_engine, caplog):
     warnings = [rec for rec in caplog.records if rec.levelno == logging.WARNING]
     assert len(warnings) == 1 and "text 1: 100000 characters" in warnings[0].getMessage()
     # Cut or not, the model reads the same first max_length tokens.
-    assert scores(r[1], "emotion").tolist() == pytest.approx(scores(engine.predict(long_text[:5000]), "emotion").tolist(), abs=1e-6)
+    assert scores(r[1], "emotion").tolist() == pytest.approx(
+        scores(engine.predict(long_text[:5000]), "emotion").tolist(), abs=1e-6
+    )
 
 
 def _broken_copies(bundle: Path, root: Path) -> dict[str, tuple[Path, str]]:
@@ -323,7 +338,9 @@ def test_missing_or_corrupt_bundles_give_one_line_errors(sample_bundle, tmp_path
     for name, (path, needle) in cases.items():
         with pytest.raises(BundleError) as e:
             load_engine(path, "onnx")
-        assert isinstance(e.value, CheckpointError), name
+        assert isinstance(e.value, EmotrainError) and not isinstance(e.value, CheckpointError), (
+            name
+        )  # a bundle is not a checkpoint
         assert_one_line(e, needle)
     # auto on a directory that is neither a bundle nor a PyTorch model: same kind of error, no torch import.
     empty = tmp_path / "empty"
@@ -355,8 +372,16 @@ BLOCKER = textwrap.dedent(
 
 
 def _run_python(code: str, *args, stdin: str | None = None, timeout: int = 120):
-    env = {**os.environ, "HF_HUB_OFFLINE": "1", "TOKENIZERS_PARALLELISM": "false", "PYTHONPATH": str(REPO_ROOT)}
-    return subprocess.run([sys.executable, "-c", code, *args], input=stdin, capture_output=True, text=True, timeout=timeout, cwd=str(REPO_ROOT), env=env)
+    env = subprocess_env(PYTHONPATH=str(REPO_ROOT))
+    return subprocess.run(
+        [sys.executable, "-c", code, *args],
+        input=stdin,
+        capture_output=True,
+        text=True,
+        timeout=timeout,
+        cwd=str(REPO_ROOT),
+        env=env,
+    )
 
 
 def test_onnx_engine_and_cli_run_without_torch_or_transformers(sample_bundle):
@@ -386,7 +411,7 @@ def test_onnx_engine_and_cli_run_without_torch_or_transformers(sample_bundle):
     proc = _run_python(code, str(sample_bundle))
     assert proc.returncode == 0, proc.stderr[-3000:]
     assert "TORCH-FREE-OK" in proc.stdout
-    line = [l for l in proc.stdout.splitlines() if l.startswith("{")][0]
+    line = [line for line in proc.stdout.splitlines() if line.startswith("{")][0]
     assert json.loads(line)["text"] == "hello there"
 
 
@@ -399,7 +424,7 @@ def test_cli_texts_as_arguments(sample_bundle, capsys):
     assert predict_main(["--model", str(sample_bundle), "I love it", "this is awful", "--batch-size", "1"]) == 0
     lines = capsys.readouterr().out.splitlines()
     assert len(lines) == 2
-    rows = [json.loads(l) for l in lines]
+    rows = [json.loads(line) for line in lines]
     assert [r["text"] for r in rows] == ["I love it", "this is awful"]
     engine = load_engine(sample_bundle)
     for row, text in zip(rows, ["I love it", "this is awful"]):
@@ -412,10 +437,16 @@ def test_cli_stdin_jsonl_and_threshold(goemotions_bundle, monkeypatch, capsys):
 
     from emotrain.inference.cli import predict_main
 
-    lines = [json.dumps({"id": 7, "text": "I am so happy"}), "", "a plain line of text", json.dumps({"text": "", "lang": "en"}), "😂😂"]
+    lines = [
+        json.dumps({"id": 7, "text": "I am so happy"}),
+        "",
+        "a plain line of text",
+        json.dumps({"text": "", "lang": "en"}),
+        "😂😂",
+    ]
     monkeypatch.setattr(sys, "stdin", io.StringIO("\n".join(lines) + "\n"))
     assert predict_main(["--model", str(goemotions_bundle), "--threshold", "0.0", "--chunk", "2"]) == 0
-    rows = [json.loads(l) for l in capsys.readouterr().out.splitlines()]
+    rows = [json.loads(line) for line in capsys.readouterr().out.splitlines()]
     assert [r["text"] for r in rows] == ["I am so happy", "a plain line of text", "", "😂😂"]  # blank line skipped
     assert rows[0]["id"] == 7 and rows[2]["lang"] == "en"  # other fields pass through
     assert all(len(r["tasks"]["emotion"]["labels"]) == 28 for r in rows)  # --threshold 0.0: every label
@@ -438,9 +469,20 @@ def test_cli_entry_point_errors_are_one_line(sample_bundle, tmp_path):
     corrupt = tmp_path / "corrupt"
     shutil.copytree(sample_bundle, corrupt)
     (corrupt / "model.onnx").write_bytes(b"\x00garbage")
-    proc = _run_python("import runpy; runpy.run_module('emotrain.inference', run_name='__main__')", "--model", str(corrupt), "--model-type", "onnx", stdin="hello\n")
+    proc = _run_python(
+        "import runpy; runpy.run_module('emotrain.inference', run_name='__main__')",
+        "--model",
+        str(corrupt),
+        "--model-type",
+        "onnx",
+        stdin="hello\n",
+    )
     assert proc.returncode == 1 and "Traceback" not in proc.stderr
-    assert proc.stderr.startswith("emotrain-predict: error: ") and "model.onnx" in proc.stderr and proc.stderr.count("\n") == 1
+    assert (
+        proc.stderr.startswith("emotrain-predict: error: ")
+        and "model.onnx" in proc.stderr
+        and proc.stderr.count("\n") == 1
+    )
 
     proc = _run_python(code, "--model", str(sample_bundle), "--batch-size", "0", "x")
     assert proc.returncode == 2 and "batch-size" in proc.stderr

@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import json
-import os
 import signal
 import subprocess
 import sys
@@ -13,11 +12,20 @@ from pathlib import Path
 import pytest
 import torch
 
-from conftest import REPO_ROOT, TINY, compose
+from conftest import REPO_ROOT, TINY, compose, subprocess_env
 from emotrain.checkpointing import load_checkpoint, resolve_checkpoint
 from emotrain.recipe import TrainingInterrupted, TrainingRecipe, run
 
-BASE = [*TINY, "deterministic=true", "trainer.epochs=2", "trainer.batch_size=8", "data.max_train_examples=96", "data.max_eval_examples=32", "checkpoint.export=false", "report=false"]
+BASE = [
+    *TINY,
+    "deterministic=true",
+    "trainer.epochs=2",
+    "trainer.batch_size=8",
+    "data.max_train_examples=96",
+    "data.max_eval_examples=32",
+    "checkpoint.export=false",
+    "report=false",
+]
 
 
 def test_interrupt_mid_epoch_then_resume_equals_straight_run(tmp_path, monkeypatch):
@@ -56,7 +64,9 @@ def test_interrupt_mid_epoch_then_resume_equals_straight_run(tmp_path, monkeypat
 def test_sigint_on_the_cli_saves_and_prints_the_resume_command(tmp_path):
     run_dir = tmp_path / "run"
     cmd = [sys.executable, "-m", "emotrain", *BASE, "trainer.epochs=50", f"hydra.run.dir={run_dir}"]
-    proc = subprocess.Popen(cmd, cwd=REPO_ROOT, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env={**os.environ, "HF_HUB_OFFLINE": "1"})
+    proc = subprocess.Popen(
+        cmd, cwd=REPO_ROOT, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env=subprocess_env()
+    )
     deadline = time.time() + 120
     while time.time() < deadline and not (run_dir / "checkpoints" / "last.json").exists():
         time.sleep(0.2)

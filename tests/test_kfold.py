@@ -3,35 +3,21 @@
 from __future__ import annotations
 
 import json
-import os
 import re
 import statistics
-import subprocess
-import sys
-from pathlib import Path
 
 import numpy as np
 import pytest
 
-from conftest import REPO_ROOT, compose
+from conftest import REPO_ROOT, compose, quick, run_emotrain
 
 K = 3
 # ~1-2 s per job: tiny random BERT, 48 training rows (3 folds of 16), one epoch.
 DATA = ["data.max_train_examples=48", "data.max_eval_examples=32"]
-QUICK = [
-    "backbone=tiny", "precision=fp32", "trainer.epochs=1", "trainer.batch_size=16", "trainer.progress=false",
-    "trainer.num_threads=1", "optim.fused=false", "checkpoint=none", "report=false", *DATA,
-]
+QUICK = quick("data.max_train_examples=48", max_eval=32)
 # Stated tolerance: StratifiedKFold puts floor(c/k) or ceil(c/k) of each class's c rows in every
 # fold, so a class's share in a held-out fold is within one row (1/|fold|) of its share in the pool.
 ROW_TOLERANCE = 1.0
-
-
-def run_emotrain(args: list[str], cwd: Path, timeout: int = 240) -> subprocess.CompletedProcess:
-    """`python -m emotrain ARGS` from `cwd` (the package finds conf/ itself), offline."""
-    env = {**os.environ, "HF_HUB_OFFLINE": "1", "TRANSFORMERS_OFFLINE": "1", "TOKENIZERS_PARALLELISM": "false",
-           "EMOTRAIN_CACHE": str(cwd / "cache")}
-    return subprocess.run([sys.executable, "-m", "emotrain", *args], cwd=cwd, env=env, capture_output=True, text=True, timeout=timeout)
 
 
 @pytest.fixture(scope="module")
@@ -60,7 +46,14 @@ def test_sweep_kfold_runs_every_fold_into_named_dirs(kfold_sweep):
     for i, name in enumerate(jobs):
         metrics = json.loads((sweep / name / "metrics.json").read_text())
         assert metrics["status"] == "completed"
-        assert metrics["config"]["cv"] == {"kind": "kfold", "k": K, "fold": i, "seed": 42, "stratified": True, "include_val": False}
+        assert metrics["config"]["cv"] == {
+            "kind": "kfold",
+            "k": K,
+            "fold": i,
+            "seed": 42,
+            "stratified": True,
+            "include_val": False,
+        }
         assert f"cv.fold={i}" in (sweep / name / ".hydra" / "overrides.yaml").read_text()
     # the end-of-sweep callback printed the summary and wrote its files
     assert "K-FOLD CROSS-VALIDATION RESULTS" in proc.stdout and f"Folds: {K} of k={K} completed" in proc.stdout
@@ -113,9 +106,15 @@ def test_summarize_matches_statistics_from_the_json_files(kfold_sweep, capsys):
         return float(m.group(1)), float(m.group(2))
 
     assert "K-FOLD CROSS-VALIDATION RESULTS" in out
-    assert mean_std("Mean best validation loss") == pytest.approx((statistics.mean(best), statistics.stdev(best)), abs=1e-6)
-    assert mean_std("Mean final validation loss") == pytest.approx((statistics.mean(final), statistics.stdev(final)), abs=1e-6)
-    assert mean_std("Mean best validation emotion/macro_f1") == pytest.approx((statistics.mean(f1), statistics.stdev(f1)), abs=1e-6)
+    assert mean_std("Mean best validation loss") == pytest.approx(
+        (statistics.mean(best), statistics.stdev(best)), abs=1e-6
+    )
+    assert mean_std("Mean final validation loss") == pytest.approx(
+        (statistics.mean(final), statistics.stdev(final)), abs=1e-6
+    )
+    assert mean_std("Mean best validation emotion/macro_f1") == pytest.approx(
+        (statistics.mean(f1), statistics.stdev(f1)), abs=1e-6
+    )
     assert f"Min / max best validation loss: {min(best):.6f} / {max(best):.6f}" in out
     assert f"Best fold: {int(np.argmin(best))} (best validation loss {min(best):.6f}" in out
     for fold in range(K):  # the per-fold table lists every fold's best validation loss
@@ -135,7 +134,9 @@ def test_cv_errors_are_one_line_before_training(tmp_path):
     assert proc.stderr.strip().splitlines()[-1] == "emotrain: error: cv.fold=3: must be in [0, 3) for cv.k=3"
     assert "Traceback" not in proc.stderr and not (tmp_path / "run" / "metrics.json").exists()
     # a multirun over folds outside [0, k) stops before its first job
-    proc = run_emotrain(["-m", "cv=kfold", "cv.k=3", "cv.fold=range(5)", *QUICK, f"hydra.sweep.dir={tmp_path}/sweep"], tmp_path)
+    proc = run_emotrain(
+        ["-m", "cv=kfold", "cv.k=3", "cv.fold=range(5)", *QUICK, f"hydra.sweep.dir={tmp_path}/sweep"], tmp_path
+    )
     assert proc.returncode == 2 and "Traceback" not in proc.stderr
     assert proc.stderr.strip() == (
         "emotrain: error: cv.fold=3, 4 (jobs 3, 4) are outside 0..2 for cv.k=3; "

@@ -6,22 +6,18 @@ from __future__ import annotations
 import json
 import logging
 import math
-import os
 import subprocess
 import sys
 
 import pytest
 import torch
 
-from conftest import make_recipe
-
 import emotrain.training.precision as precision_mod
+from conftest import make_recipe, subprocess_env
 from emotrain.training.precision import cpu_supports_bf16, resolve_precision
 
 CPU = torch.device("cpu")
 NATIVE_BF16 = cpu_supports_bf16()
-
-
 
 
 def record_head_dtypes(model) -> list[torch.dtype]:
@@ -29,11 +25,6 @@ def record_head_dtypes(model) -> list[torch.dtype]:
     seen: list[torch.dtype] = []
     model.heads["emotion"].register_forward_hook(lambda m, i, out: seen.append(out.dtype))
     return seen
-
-
-def cli_env(tmp_path) -> dict:
-    env = dict(os.environ, HF_HUB_OFFLINE="1", TRANSFORMERS_OFFLINE="1", TOKENIZERS_PARALLELISM="false", EMOTRAIN_CACHE=str(tmp_path / "cache"))
-    return env
 
 
 # ============================================================================ API
@@ -121,11 +112,19 @@ def test_clip_grad_norm_matches_torch_and_skips_the_no_op_rescale(monkeypatch, t
 
     def params_with_grads():
         torch.manual_seed(0)
-        ps = [torch.nn.Parameter(torch.randn(7, 5)), torch.nn.Parameter(torch.randn(3)), torch.nn.Parameter(torch.randn(2))]
+        ps = [
+            torch.nn.Parameter(torch.randn(7, 5)),
+            torch.nn.Parameter(torch.randn(3)),
+            torch.nn.Parameter(torch.randn(2)),
+        ]
         grads = [torch.randn(7, 5), torch.randn(3)]
         norm = torch.linalg.vector_norm(torch.cat([g.flatten() for g in grads]))
         for p, g in zip(ps, grads):
-            p.grad = g * (target_norm / norm) if math.isfinite(target_norm) else g.index_fill(0, torch.tensor([0]), target_norm)
+            p.grad = (
+                g * (target_norm / norm)
+                if math.isfinite(target_norm)
+                else g.index_fill(0, torch.tensor([0]), target_norm)
+            )
         return ps  # the last parameter has no gradient
 
     expected = params_with_grads()
@@ -229,7 +228,11 @@ def test_auto_bf16_falls_back_to_fp32_when_the_loss_is_not_finite(tmp_path, monk
     assert r.state.global_step == 3  # 4 batches, the non-finite one skipped
     assert all(math.isfinite(h["train_loss"]) for h in r.state.history)
     assert metrics["precision"]["requested"] == "auto" and metrics["precision"]["effective"] == "fp32"
-    assert any("precision=auto falls back to fp32" in rec.getMessage() for rec in caplog.records if rec.levelno == logging.WARNING)
+    assert any(
+        "precision=auto falls back to fp32" in rec.getMessage()
+        for rec in caplog.records
+        if rec.levelno == logging.WARNING
+    )
 
 
 # A skipped first optimiser step makes torch warn that the scheduler stepped before the optimiser.
@@ -240,7 +243,16 @@ def test_steps_skipped_by_the_scaler_are_counted_and_reported(inject_inf, tmp_pa
     import emotrain.recipe
 
     monkeypatch.setattr(emotrain.recipe, "resolve_precision", lambda requested, device: ("fp16", None))
-    r = make_recipe(["precision=fp16", "trainer.max_steps=1", "scheduler=constant", "scheduler.warmup_steps=0", "data.max_train_examples=16"], tmp_path)
+    r = make_recipe(
+        [
+            "precision=fp16",
+            "trainer.max_steps=1",
+            "scheduler=constant",
+            "scheduler.warmup_steps=0",
+            "data.max_train_examples=16",
+        ],
+        tmp_path,
+    )
     assert r.mp.scaler.is_enabled()
     scale = r.mp.scaler.get_scale()
     if inject_inf:
@@ -264,7 +276,12 @@ def _run_cli(args: list[str], tmp_path, timeout: int):
     run_dir = tmp_path / "run"
     proc = subprocess.run(
         [sys.executable, "-m", "emotrain", *args, f"hydra.run.dir={run_dir}"],
-        cwd=tmp_path, env=cli_env(tmp_path), stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, timeout=timeout,
+        cwd=tmp_path,
+        env=subprocess_env(tmp_path / "cache"),
+        stdout=subprocess.PIPE,
+        stderr=subprocess.STDOUT,
+        text=True,
+        timeout=timeout,
     )
     return proc, run_dir
 
@@ -272,14 +289,24 @@ def _run_cli(args: list[str], tmp_path, timeout: int):
 def test_fp16_on_cpu_prints_the_fallback_and_records_effective_precision(tmp_path):
     expected = "bf16" if NATIVE_BF16 else "fp32"
     proc, run_dir = _run_cli(
-        ["backbone=tiny", "precision=fp16", "trainer.epochs=1", "trainer.progress=false", "data.max_train_examples=64", "data.max_eval_examples=32"],
-        tmp_path, timeout=300,
+        [
+            "backbone=tiny",
+            "precision=fp16",
+            "trainer.epochs=1",
+            "trainer.progress=false",
+            "data.max_train_examples=64",
+            "data.max_eval_examples=32",
+        ],
+        tmp_path,
+        timeout=300,
     )
     assert proc.returncode == 0, proc.stdout[-3000:]
     fallback = [line for line in proc.stdout.splitlines() if "precision=fp16" in line and "WARNING" in line]
     assert len(fallback) == 1, proc.stdout[-3000:]
     assert fallback[0].endswith(f"precision=fp16 is not supported on CPU; running {expected} instead")
-    assert f"device: cpu, precision {expected} (requested fp16)" in proc.stdout  # the banner names the effective precision
+    assert (
+        f"device: cpu, precision {expected} (requested fp16)" in proc.stdout
+    )  # the banner names the effective precision
     metrics = json.loads((run_dir / "metrics.json").read_text())
     assert metrics["precision"] == {"requested": "fp16", "effective": expected, "skipped_steps": 0}
     assert metrics["device"] == "cpu"

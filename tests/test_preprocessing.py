@@ -315,10 +315,55 @@ MESSY = [
     "4111 1111 1111 1111 2 times www.example.com/x.",
 ]
 _FUZZ_PIECES = [
-    "a", "Z", "İ", "ß", "ǅ", " ", "\t", "\n", "\u00a0", "\u200b", "\u200c", "\u200d", "\ufeff",
-    "\x00", "\x1f", "\ufe0f", "\U0001f469", "\U0001f3fd", "\u2764", "\U0001f3f4", "\U000e0067",
-    "\U000e007f", "\u0645", "\u0915", "\u094d", "@", ".", "/", "-", "+", "(", ")", ":", "0", "1",
-    "4", "5", "9", "555", "4111", "www", "http://", "com", "[NAME]", "[EMAIL]", "[", "]", "ｆ", "①",
+    "a",
+    "Z",
+    "İ",
+    "ß",
+    "ǅ",
+    " ",
+    "\t",
+    "\n",
+    "\u00a0",
+    "\u200b",
+    "\u200c",
+    "\u200d",
+    "\ufeff",
+    "\x00",
+    "\x1f",
+    "\ufe0f",
+    "\U0001f469",
+    "\U0001f3fd",
+    "\u2764",
+    "\U0001f3f4",
+    "\U000e0067",
+    "\U000e007f",
+    "\u0645",
+    "\u0915",
+    "\u094d",
+    "@",
+    ".",
+    "/",
+    "-",
+    "+",
+    "(",
+    ")",
+    ":",
+    "0",
+    "1",
+    "4",
+    "5",
+    "9",
+    "555",
+    "4111",
+    "www",
+    "http://",
+    "com",
+    "[NAME]",
+    "[EMAIL]",
+    "[",
+    "]",
+    "ｆ",
+    "①",
 ]
 
 
@@ -385,7 +430,5 @@ def test_import_pulls_in_no_heavy_packages():
         "print(','.join(m for m in ('numpy', 'torch', 'transformers', 'pandas', 'omegaconf', 'hydra') "
         "if m in sys.modules))"
     )
-    out = subprocess.run(
-        [sys.executable, "-c", code], cwd=ROOT, capture_output=True, text=True, check=True
-    )
+    out = subprocess.run([sys.executable, "-c", code], cwd=ROOT, capture_output=True, text=True, check=True)
     assert out.stdout.strip() == "", f"heavy modules imported: {out.stdout.strip()}"

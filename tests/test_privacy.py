@@ -9,7 +9,6 @@ import io
 import random
 
 import pytest
-
 from test_bad_inputs import Case, run_batch
 
 PII = [
@@ -52,16 +51,44 @@ def private_runs(tmp_path_factory):
     (work / "pii.csv").write_text(_pii_table(), encoding="utf-8")
     assert set(_leaks((work / "pii.csv").read_bytes())) == set(PII)  # the scanner sees them where they are
     # A val file whose label column holds texts (columns mixed up), and a train file without its header row.
-    (work / "pii_val.csv").write_text("text,label\nfine,joy\njoy,write olivia.hart@example.com or call +1 (415) 555-0134\n", encoding="utf-8")
-    (work / "no_header.csv").write_text("contact olivia.hart@example.com,joy\nurgent: https://private.example.org/u/olivia?token=93af,fear\n", encoding="utf-8")
+    (work / "pii_val.csv").write_text(
+        "text,label\nfine,joy\njoy,write olivia.hart@example.com or call +1 (415) 555-0134\n", encoding="utf-8"
+    )
+    (work / "no_header.csv").write_text(
+        "contact olivia.hart@example.com,joy\nurgent: https://private.example.org/u/olivia?token=93af,fear\n",
+        encoding="utf-8",
+    )
     table = ["data=table", "+data.tasks.emotion.column=label"]
     cases = [
-        Case("train_report_export", [*table, "data.train_file={work}/pii.csv", "trainer.epochs=2", "report=true", "checkpoint.export=true",
-                                     "data.max_eval_examples=null", "trainer.log_every_steps=1"], valid=True),
+        Case(
+            "train_report_export",
+            [
+                *table,
+                "data.train_file={work}/pii.csv",
+                "trainer.epochs=2",
+                "report=true",
+                "checkpoint.export=true",
+                "data.max_eval_examples=null",
+                "trainer.log_every_steps=1",
+            ],
+            valid=True,
+        ),
         Case("frozen_with_feature_cache", [*table, "data.train_file={work}/pii.csv", "freeze=full"], valid=True),
-        Case("label_cell_holds_text", [*table, "data.train_file={work}/pii.csv", "data.val_file={work}/pii_val.csv"], ["pii_val.csv line 3", "[EMAIL]"]),
-        Case("file_without_header", [*table, "data.train_file={work}/no_header.csv"], ["no_header.csv", "no column 'text'", "'contact [EMAIL]'"]),
-        Case("text_as_label_column", ["data=table", "+data.tasks.emotion.column=text", "data.train_file={work}/pii.csv"], ["both name column 'text'"]),
+        Case(
+            "label_cell_holds_text",
+            [*table, "data.train_file={work}/pii.csv", "data.val_file={work}/pii_val.csv"],
+            ["pii_val.csv line 3", "[EMAIL]"],
+        ),
+        Case(
+            "file_without_header",
+            [*table, "data.train_file={work}/no_header.csv"],
+            ["no_header.csv", "no column 'text'", "'contact [EMAIL]'"],
+        ),
+        Case(
+            "text_as_label_column",
+            ["data=table", "+data.tasks.emotion.column=text", "data.train_file={work}/pii.csv"],
+            ["both name column 'text'"],
+        ),
     ]
     return work, cases, run_batch(cases, work)
 
@@ -83,7 +110,14 @@ def test_no_pii_in_console_logs_reports_or_files(private_runs):
             assert not leaked, f"{path} holds {leaked}"
     # the runs really produced the usual artefacts
     done = outcomes["train_report_export"].run_dir
-    for name in ("emotrain.log", "metrics.json", "report/report.json", "report/summary.txt", "model/emotrain_model.json", ".hydra/config.yaml"):
+    for name in (
+        "emotrain.log",
+        "metrics.json",
+        "report/report.json",
+        "report/summary.txt",
+        "model/emotrain_model.json",
+        ".hydra/config.yaml",
+    ):
         assert (done / name).is_file(), name
 
 
@@ -98,9 +132,9 @@ def test_no_pii_in_the_cache(private_runs):
 def test_cached_token_ids_are_of_scrubbed_texts(private_runs):
     """The token cache holds ids of the scrubbed texts: decoding them gives back no PII."""
     import numpy as np
+    from transformers import AutoTokenizer
 
     from emotrain.models.backbones import minilm_path
-    from transformers import AutoTokenizer
 
     work, _, _ = private_runs
     tok = AutoTokenizer.from_pretrained(str(minilm_path()))

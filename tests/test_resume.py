@@ -13,7 +13,16 @@ from emotrain.checkpointing import load_checkpoint, resolve_checkpoint
 from emotrain.errors import ConfigError
 from emotrain.recipe import TrainingRecipe, run
 
-BASE = [*TINY, "deterministic=true", "trainer.epochs=3", "data.max_train_examples=96", "data.max_eval_examples=48", "checkpoint.save_top_k=1", "checkpoint.export=false", "report=false"]
+BASE = [
+    *TINY,
+    "deterministic=true",
+    "trainer.epochs=3",
+    "data.max_train_examples=96",
+    "data.max_eval_examples=48",
+    "checkpoint.save_top_k=1",
+    "checkpoint.export=false",
+    "report=false",
+]
 
 
 def _run(overrides, out: Path) -> dict:

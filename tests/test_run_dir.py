@@ -13,21 +13,23 @@ from pathlib import Path
 import pytest
 
 import emotrain
-from conftest import QUICK, REPO_ROOT
+from conftest import QUICK, REPO_ROOT, run_emotrain, subprocess_env
 
 # Tiny runs that write everything a real run writes (checkpoints, model/, report).
 FULL = [*QUICK, "checkpoint=default", "report=true", "data.max_train_examples=64"]
 
 
 def cli(args: list[str], cwd: Path, umask: int | None = None, **kwargs) -> subprocess.CompletedProcess:
-    env = {**os.environ, "HF_HUB_OFFLINE": "1", "TOKENIZERS_PARALLELISM": "false", "EMOTRAIN_CACHE": str(cwd / "cache")}
     preexec = (lambda: os.umask(umask)) if umask is not None else None
-    return subprocess.run([sys.executable, "-m", "emotrain", *args], cwd=cwd, env=env, capture_output=True, text=True,
-                          timeout=300, preexec_fn=preexec, **kwargs)
+    return run_emotrain(args, cwd, timeout=300, preexec_fn=preexec, **kwargs)
 
 
 def snapshot(directory: Path) -> dict[str, bytes]:
-    return {str(p.relative_to(directory)): p.read_bytes() for p in sorted(directory.rglob("*")) if p.is_file() and p.name != ".emotrain.lock"}
+    return {
+        str(p.relative_to(directory)): p.read_bytes()
+        for p in sorted(directory.rglob("*"))
+        if p.is_file() and p.name != ".emotrain.lock"
+    }
 
 
 def one_error_line(proc: subprocess.CompletedProcess) -> str:
@@ -65,10 +67,16 @@ def test_a_directory_in_use_by_another_process_is_refused(tmp_path):
 
 def test_two_concurrent_runs_into_one_directory_leave_one_consistent_run(tmp_path):
     run = tmp_path / "run"
-    env = {**os.environ, "HF_HUB_OFFLINE": "1", "TOKENIZERS_PARALLELISM": "false", "EMOTRAIN_CACHE": str(tmp_path / "cache")}
+    env = subprocess_env(tmp_path / "cache")
     procs = [
-        subprocess.Popen([sys.executable, "-m", "emotrain", *FULL, f"seed={seed}", f"hydra.run.dir={run}"], cwd=tmp_path, env=env,
-                         stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+        subprocess.Popen(
+            [sys.executable, "-m", "emotrain", *FULL, f"seed={seed}", f"hydra.run.dir={run}"],
+            cwd=tmp_path,
+            env=env,
+            stdout=subprocess.PIPE,
+            stderr=subprocess.PIPE,
+            text=True,
+        )
         for seed in (1, 2)
     ]
     results = [(p.wait(timeout=300), p.stderr.read()) for p in procs]
@@ -129,8 +137,13 @@ def test_every_output_follows_the_umask(umask, file_mode, dir_mode, tmp_path):
     run = tmp_path / "run"
     proc = cli([*FULL, f"hydra.run.dir={run}"], tmp_path, umask=umask)
     assert proc.returncode == 0, proc.stderr[-2000:]
-    export = subprocess.run([sys.executable, "-m", "emotrain.export", f"checkpoint={run}", f"out={run / 'bundle'}"],
-                            capture_output=True, text=True, timeout=300, preexec_fn=lambda: os.umask(umask))
+    export = subprocess.run(
+        [sys.executable, "-m", "emotrain.export", f"checkpoint={run}", f"out={run / 'bundle'}"],
+        capture_output=True,
+        text=True,
+        timeout=300,
+        preexec_fn=lambda: os.umask(umask),
+    )
     assert export.returncode == 0, export.stderr[-2000:]
     wrong = []
     for p in [run, *run.rglob("*")]:
@@ -147,7 +160,10 @@ def test_every_output_follows_the_umask(umask, file_mode, dir_mode, tmp_path):
 def test_leftover_temporaries_of_a_killed_write_are_removed_on_resume(tmp_path):
     run = tmp_path / "run"
     assert cli([*FULL, f"hydra.run.dir={run}"], tmp_path).returncode == 0
-    leftovers = [run / "checkpoints" / ".emotrain_20260101_000000_epoch002_loss1.0000.pt.a1b2c3.tmp", run / ".metrics.json.x9y8.tmp"]
+    leftovers = [
+        run / "checkpoints" / ".emotrain_20260101_000000_epoch002_loss1.0000.pt.a1b2c3.tmp",
+        run / ".metrics.json.x9y8.tmp",
+    ]
     for p in leftovers:
         p.write_bytes(b"partial")
     staging = run / ".model.q1w2.tmp"
@@ -170,18 +186,27 @@ def test_leftovers_of_a_running_process_are_kept(tmp_path):
     (run / "checkpoints").mkdir(parents=True)
     live = run / "checkpoints" / ".emotrain_x.pt.abc.tmp"
     live.write_bytes(b"being written")
-    code = "import sys; from emotrain.rundir import remove_stale_temporaries; print(remove_stale_temporaries(sys.argv[1]))"
+    code = (
+        "import sys; from emotrain.rundir import remove_stale_temporaries; print(remove_stale_temporaries(sys.argv[1]))"
+    )
     with open(run / LOCK_FILE, "w") as held:  # a process still running (and writing) there holds the lock
         fcntl.flock(held, fcntl.LOCK_EX)
-        other = subprocess.run([sys.executable, "-c", code, str(run)], capture_output=True, text=True, timeout=60, cwd=REPO_ROOT)
+        other = subprocess.run(
+            [sys.executable, "-c", code, str(run)], capture_output=True, text=True, timeout=60, cwd=REPO_ROOT
+        )
         assert other.returncode == 0 and other.stdout.strip() == "0" and live.exists()
     assert remove_stale_temporaries(run) == 1 and not live.exists()
 
 
 def test_predict_output_stays_valid_utf8_for_invalid_input_bytes(tmp_path, sample_run_bundle):
     stdin = b'first line\nbad \xff\xfe bytes\n{"text": "escaped", "id": "\\ud800"}\n'
-    proc = subprocess.run([sys.executable, "-m", "emotrain.inference", "--model", str(sample_run_bundle), "--input", "auto"],
-                          input=stdin, capture_output=True, timeout=120, env={**os.environ, "PYTHONIOENCODING": "utf-8:surrogateescape"})
+    proc = subprocess.run(
+        [sys.executable, "-m", "emotrain.inference", "--model", str(sample_run_bundle), "--input", "auto"],
+        input=stdin,
+        capture_output=True,
+        timeout=120,
+        env={**os.environ, "PYTHONIOENCODING": "utf-8:surrogateescape"},
+    )
     assert proc.returncode == 0, proc.stderr[-2000:]
     lines = proc.stdout.decode("utf-8").splitlines()  # strict: raises on any invalid byte
     records = [json.loads(line) for line in lines]
@@ -196,6 +221,11 @@ def sample_run_bundle(tmp_path_factory) -> Path:
     work = tmp_path_factory.mktemp("bundle_run")
     run = work / "run"
     assert cli([*FULL, f"hydra.run.dir={run}"], work).returncode == 0
-    proc = subprocess.run([sys.executable, "-m", "emotrain.export", f"checkpoint={run}", "quantize=false"], capture_output=True, text=True, timeout=300)
+    proc = subprocess.run(
+        [sys.executable, "-m", "emotrain.export", f"checkpoint={run}", "quantize=false"],
+        capture_output=True,
+        text=True,
+        timeout=300,
+    )
     assert proc.returncode == 0, proc.stderr[-2000:]
     return run / "bundle"

@@ -15,46 +15,72 @@ import pytest
 import yaml
 
 from conftest import REPO_ROOT
+from emotrain.summarize import SUMMARY_FILES, summarize
 from emotrain.summarize import main as summarize_main
-from emotrain.summarize import summarize, SUMMARY_FILES
 
 BASIC = "hydra._internal.core_plugins.basic_sweeper.BasicSweeper"
 
 
-def make_job(sweep: Path, name: str, num: int, overrides: list[str], *, cv: dict | None = None,
-             val_loss: list[float] | None = None, val_f1: list[float] | None = None, test_loss: float = 1.0,
-             failed: str | None = None, metrics: bool = True) -> Path:
-    """A job directory as Hydra + emotrain leave it: .hydra/{overrides,config,hydra}.yaml and metrics.json or status.json."""
+def make_job(
+    sweep: Path,
+    name: str,
+    num: int,
+    overrides: list[str],
+    *,
+    cv: dict | None = None,
+    val_loss: list[float] | None = None,
+    val_f1: list[float] | None = None,
+    test_loss: float = 1.0,
+    failed: str | None = None,
+    metrics: bool = True,
+) -> Path:
+    """A job directory as Hydra + emotrain leave it: .hydra/{overrides,config,hydra}.yaml and metrics.json or
+    status.json."""
     d = sweep / name
     (d / ".hydra").mkdir(parents=True)
     (d / ".hydra" / "overrides.yaml").write_text(yaml.safe_dump(overrides))
-    (d / ".hydra" / "config.yaml").write_text(yaml.safe_dump({"cv": cv or {"kind": "holdout", "k": 5, "fold": 0}, "seed": 42}))
+    (d / ".hydra" / "config.yaml").write_text(
+        yaml.safe_dump({"cv": cv or {"kind": "holdout", "k": 5, "fold": 0}, "seed": 42})
+    )
     (d / ".hydra" / "hydra.yaml").write_text(yaml.safe_dump({"hydra": {"job": {"num": num}}}))
     if failed is not None:
         (d / "status.json").write_text(json.dumps({"status": "failed", "error": failed, "overrides": overrides}))
     elif metrics:
         val_loss = val_loss or [1.0]
         val_f1 = val_f1 or [0.5] * len(val_loss)
-        history = [{"epoch": i + 1, "val": {"loss": l, "macro_f1": f}} for i, (l, f) in enumerate(zip(val_loss, val_f1))]
+        history = [
+            {"epoch": i + 1, "val": {"loss": line, "macro_f1": f}} for i, (line, f) in enumerate(zip(val_loss, val_f1))
+        ]
         best = min(range(len(val_loss)), key=lambda i: val_loss[i])
-        (d / "metrics.json").write_text(json.dumps({
-            "status": "completed",
-            "objective": {"metric": "loss", "mode": "min", "split": "val", "value": val_loss[best]},
-            "best_epoch": best + 1,
-            "best_val": history[best]["val"],
-            "final_val": history[-1]["val"],
-            "test": {"loss": test_loss, "macro_f1": 0.4},
-            "history": history,
-            "overrides": overrides,
-        }))
+        (d / "metrics.json").write_text(
+            json.dumps(
+                {
+                    "status": "completed",
+                    "objective": {"metric": "loss", "mode": "min", "split": "val", "value": val_loss[best]},
+                    "best_epoch": best + 1,
+                    "best_val": history[best]["val"],
+                    "final_val": history[-1]["val"],
+                    "test": {"loss": test_loss, "macro_f1": 0.4},
+                    "history": history,
+                    "overrides": overrides,
+                }
+            )
+        )
     return d
 
 
 def write_multirun(sweep: Path, task: list[str], params: dict | None = None, cv_k: int = 3) -> None:
-    (sweep / "multirun.yaml").write_text(yaml.safe_dump({
-        "hydra": {"sweeper": {"_target_": BASIC, "max_batch_size": None, "params": params or {}}, "overrides": {"task": task}},
-        "cv": {"kind": "kfold", "k": cv_k, "fold": 0},
-    }))
+    (sweep / "multirun.yaml").write_text(
+        yaml.safe_dump(
+            {
+                "hydra": {
+                    "sweeper": {"_target_": BASIC, "max_batch_size": None, "params": params or {}},
+                    "overrides": {"task": task},
+                },
+                "cv": {"kind": "kfold", "k": cv_k, "fold": 0},
+            }
+        )
+    )
 
 
 def kfold_sweep(tmp_path: Path, losses: dict[int, list[float]], k: int = 3, fail: dict[int, str] | None = None) -> Path:
@@ -67,8 +93,16 @@ def kfold_sweep(tmp_path: Path, losses: dict[int, list[float]], k: int = 3, fail
         if fail and fold in fail:
             make_job(sweep, f"{fold}_fold{fold}", fold, overrides, cv=cv, failed=fail[fold])
         elif fold in losses:
-            make_job(sweep, f"{fold}_fold{fold}", fold, overrides, cv=cv, val_loss=losses[fold],
-                     val_f1=[0.1 * (fold + 1) + 0.01 * i for i in range(len(losses[fold]))], test_loss=2.0 + fold)
+            make_job(
+                sweep,
+                f"{fold}_fold{fold}",
+                fold,
+                overrides,
+                cv=cv,
+                val_loss=losses[fold],
+                val_f1=[0.1 * (fold + 1) + 0.01 * i for i in range(len(losses[fold]))],
+                test_loss=2.0 + fold,
+            )
     return sweep
 
 
@@ -90,19 +124,30 @@ def test_kfold_report_statistics_and_files(tmp_path, capsys):
     best = [min(v) for v in losses.values()]
     final = [v[-1] for v in losses.values()]
     mean, std = value_after(out, "Mean best validation loss")
-    assert mean == pytest.approx(statistics.mean(best), abs=1e-6) and std == pytest.approx(statistics.stdev(best), abs=1e-6)
+    assert mean == pytest.approx(statistics.mean(best), abs=1e-6) and std == pytest.approx(
+        statistics.stdev(best), abs=1e-6
+    )
     mean, std = value_after(out, "Mean final validation loss")
-    assert mean == pytest.approx(statistics.mean(final), abs=1e-6) and std == pytest.approx(statistics.stdev(final), abs=1e-6)
+    assert mean == pytest.approx(statistics.mean(final), abs=1e-6) and std == pytest.approx(
+        statistics.stdev(final), abs=1e-6
+    )
     assert "Min / max best validation loss: 0.600000 / 0.950000" in out
     assert "Best fold: 1 (best validation loss 0.600000, job 1_fold1)" in out
     f1_best = [max(0.1 * (f + 1) + 0.01 * i for i in range(len(losses[f]))) for f in range(3)]
     mean, std = value_after(out, "Mean best validation macro_f1")
-    assert mean == pytest.approx(statistics.mean(f1_best), abs=1e-6) and std == pytest.approx(statistics.stdev(f1_best), abs=1e-6)
+    assert mean == pytest.approx(statistics.mean(f1_best), abs=1e-6) and std == pytest.approx(
+        statistics.stdev(f1_best), abs=1e-6
+    )
     assert "Best fold: 2 (best validation macro_f1" in out
     mean, _ = value_after(out, "Mean test loss")
     assert mean == pytest.approx(3.0)
 
-    assert sorted(p.name for p in sweep.glob("summary.*")) == ["summary.csv", "summary.html", "summary.json", "summary.png"]
+    assert sorted(p.name for p in sweep.glob("summary.*")) == [
+        "summary.csv",
+        "summary.html",
+        "summary.json",
+        "summary.png",
+    ]
     assert not list(sweep.glob("kfold_results_*"))  # timestamped copies only with --keep-history
     json_files, csv_files = [sweep / "summary.json"], [sweep / "summary.csv"]
     data = json.loads(json_files[0].read_text())
@@ -134,7 +179,14 @@ def test_kfold_failed_and_missing_folds_are_named_and_excluded(tmp_path, capsys)
 
 def test_job_without_results_or_status_is_missing(tmp_path):
     sweep = kfold_sweep(tmp_path, {0: [0.5], 1: [0.6]}, k=3)
-    make_job(sweep, "2_fold2", 2, ["cv.fold=2", "sweep=kfold", "cv.k=3"], cv={"kind": "kfold", "k": 3, "fold": 2}, metrics=False)
+    make_job(
+        sweep,
+        "2_fold2",
+        2,
+        ["cv.fold=2", "sweep=kfold", "cv.k=3"],
+        cv={"kind": "kfold", "k": 3, "fold": 2},
+        metrics=False,
+    )
     s = summarize(sweep, write=False)
     assert not s.complete and s.exit_code == 1
     assert s.data["missing"][0]["job"] == "2_fold2" and "no metrics.json" in s.data["missing"][0]["reason"]
@@ -167,9 +219,9 @@ def grid_sweep(tmp_path: Path, folds: int = 0) -> tuple[Path, dict]:
 
 def parse_table(text: str) -> list[list[str]]:
     lines = text.splitlines()
-    start = next(i for i, l in enumerate(lines) if l.split()[:1] == ["rank"])
+    start = next(i for i, line in enumerate(lines) if line.split()[:1] == ["rank"])
     rows = []
-    for line in lines[start + 1:]:
+    for line in lines[start + 1 :]:
         if line.startswith("="):
             break
         rows.append(line.split())
@@ -193,7 +245,11 @@ def test_grid_groups_ranked_best_first(tmp_path, capsys):
     assert [(r[1], r[2]) for r in rows] == sorted(expected, key=lambda g: -expected[g][0])
     data = json.loads((sweep / "summary.json").read_text())
     assert [g["overrides"]["optim.lr"] for g in data["groups"]] == [g[0] for g in order]
-    assert (sweep / "summary.csv").is_file() and (sweep / "summary.png").is_file() and not list(sweep.glob("sweep_results_*"))
+    assert (
+        (sweep / "summary.csv").is_file()
+        and (sweep / "summary.png").is_file()
+        and not list(sweep.glob("sweep_results_*"))
+    )
 
 
 def test_grid_with_folds_pools_folds_with_t_interval(tmp_path):
@@ -218,7 +274,9 @@ def test_grid_failed_job_listed_and_group_counts_fewer(tmp_path, capsys):
     sweep, _ = grid_sweep(tmp_path, folds=2)
     # job 3 = (1e-4, 0.2) fold 1: replace its results with a failure
     (sweep / "3" / "metrics.json").unlink()
-    (sweep / "3" / "status.json").write_text(json.dumps({"status": "failed", "error": "ConfigError: trainer.dropout=2: must be in [0, 1)"}))
+    (sweep / "3" / "status.json").write_text(
+        json.dumps({"status": "failed", "error": "ConfigError: trainer.dropout=2: must be in [0, 1)"})
+    )
     assert summarize_main([str(sweep), "--no-write"]) == 1
     out = capsys.readouterr().out
     assert "3: failed (ConfigError: trainer.dropout=2: must be in [0, 1))" in out
@@ -256,12 +314,25 @@ def test_usage_errors_are_one_line_exit_2(tmp_path, capsys):
 
 def test_module_cli(tmp_path):
     sweep = kfold_sweep(tmp_path, {0: [0.5], 1: [0.6], 2: [0.7]})
-    proc = subprocess.run([sys.executable, "-m", "emotrain.summarize", str(sweep), "--no-write"], cwd=REPO_ROOT,
-                          capture_output=True, text=True, timeout=120)
+    proc = subprocess.run(
+        [sys.executable, "-m", "emotrain.summarize", str(sweep), "--no-write"],
+        cwd=REPO_ROOT,
+        capture_output=True,
+        text=True,
+        timeout=120,
+    )
     assert proc.returncode == 0, proc.stderr
-    assert "K-FOLD CROSS-VALIDATION RESULTS" in proc.stdout and "Mean best validation loss:  0.600000 ± 0.100000" in proc.stdout
-    proc = subprocess.run([sys.executable, "-m", "emotrain.summarize", str(tmp_path / "missing")], cwd=REPO_ROOT,
-                          capture_output=True, text=True, timeout=120)
+    assert (
+        "K-FOLD CROSS-VALIDATION RESULTS" in proc.stdout
+        and "Mean best validation loss:  0.600000 ± 0.100000" in proc.stdout
+    )
+    proc = subprocess.run(
+        [sys.executable, "-m", "emotrain.summarize", str(tmp_path / "missing")],
+        cwd=REPO_ROOT,
+        capture_output=True,
+        text=True,
+        timeout=120,
+    )
     assert proc.returncode == 2 and proc.stderr.strip().count("\n") == 0 and "Traceback" not in proc.stderr
 
 
@@ -306,10 +377,12 @@ def test_fold_sweep_checked_before_any_job(task, problem):
 
     kfold = "cv=kfold" in task
     k = next((int(t.split("=")[1]) for t in task if t.startswith("cv.k=") and "," not in t), 5)
-    cfg = OmegaConf.create({
-        "cv": {"kind": "kfold" if kfold else "holdout", "k": k, "fold": 0},
-        "hydra": {"sweeper": {"_target_": BASIC, "params": {}}, "overrides": {"task": task}},
-    })
+    cfg = OmegaConf.create(
+        {
+            "cv": {"kind": "kfold" if kfold else "holdout", "k": k, "fold": 0},
+            "hydra": {"sweeper": {"_target_": BASIC, "params": {}}, "overrides": {"task": task}},
+        }
+    )
     if problem is None:
         check_fold_sweep(cfg)
         return
@@ -328,7 +401,9 @@ def test_optuna_direction_resolver():
     assert cfg.d == "maximize"
     cfg = OmegaConf.create({"d": "${emotrain.optuna_direction:x}", "e": MonitorMode.min})
     assert emotrain.callbacks._optuna_direction(cfg.e) == "minimize"
-    with pytest.raises(Exception):
+    from omegaconf.errors import InterpolationResolutionError
+
+    with pytest.raises(InterpolationResolutionError, match="trainer.monitor_mode=x: use min or max"):
         _ = cfg.d
 
 

@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import json
-import os
 import subprocess
 import sys
 from pathlib import Path
@@ -11,13 +10,9 @@ from pathlib import Path
 import pytest
 import yaml
 
-from conftest import CONFIG_DIR, REPO_ROOT
+from conftest import CONFIG_DIR, REPO_ROOT, quick, run_emotrain, subprocess_env
 
-QUICK = [
-    "backbone=tiny", "precision=fp32", "trainer.epochs=1", "trainer.batch_size=16", "trainer.progress=false",
-    "trainer.num_threads=1", "optim.fused=false", "checkpoint=none", "report=false",
-    "data.max_train_examples=40", "data.max_eval_examples=24",
-]
+QUICK = quick("data.max_train_examples=40", max_eval=24)
 GRID = ["optim.lr=1e-4,3e-3", "trainer.dropout=0.0,0.3"]
 # One grid value the job rejects (ConfigError before training), crossed with 2 folds.
 FAILING = ["sweep=kfold", "cv.k=2", "trainer.dropout=0.1,1.5"]
@@ -28,12 +23,7 @@ def emotrain_cmd(args: list[str]) -> list[str]:
 
 
 def env_for(cwd: Path) -> dict:
-    return {**os.environ, "HF_HUB_OFFLINE": "1", "TRANSFORMERS_OFFLINE": "1", "TOKENIZERS_PARALLELISM": "false",
-            "EMOTRAIN_CACHE": str(cwd / "cache")}
-
-
-def run_emotrain(args: list[str], cwd: Path, timeout: int = 240) -> subprocess.CompletedProcess:
-    return subprocess.run(emotrain_cmd(args), cwd=cwd, env=env_for(cwd), capture_output=True, text=True, timeout=timeout)
+    return subprocess_env(cwd / "cache")
 
 
 def sweep_dirs(cwd: Path) -> list[Path]:
@@ -50,8 +40,14 @@ def two_multiruns(tmp_path_factory):
     default hydra.sweep.dir (multirun/<date>/<time with microseconds>)."""
     cwd = tmp_path_factory.mktemp("sweeps")
     procs = {
-        name: subprocess.Popen(emotrain_cmd(["-m", *args, *QUICK]), cwd=cwd, env=env_for(cwd), stdout=subprocess.PIPE,
-                               stderr=subprocess.PIPE, text=True)
+        name: subprocess.Popen(
+            emotrain_cmd(["-m", *args, *QUICK]),
+            cwd=cwd,
+            env=env_for(cwd),
+            stdout=subprocess.PIPE,
+            stderr=subprocess.PIPE,
+            text=True,
+        )
         for name, args in (("grid", GRID), ("failing", FAILING))
     }
     results = {}
@@ -91,10 +87,10 @@ def test_grid_two_by_two_ranked(two_multiruns, capsys):
     assert summarize_main([str(sweep), "--no-write"]) == 0
     text = capsys.readouterr().out
     lines = text.splitlines()
-    start = next(i for i, l in enumerate(lines) if l.split()[:1] == ["rank"])
+    start = next(i for i, line in enumerate(lines) if line.split()[:1] == ["rank"])
     header = lines[start].split()
     assert header[:3] == ["rank", "optim.lr", "trainer.dropout"] and header[3:5] == ["n", "of"]
-    rows = [l.split() for l in lines[start + 1:start + 5]]
+    rows = [line.split() for line in lines[start + 1 : start + 5]]
     assert [(r[1], r[2]) for r in rows] == sorted(objective, key=objective.get)  # lowest val loss first
     for r in rows:
         assert r[3:5] == ["1", "1"] and float(r[5]) == pytest.approx(objective[(r[1], r[2])], abs=1e-6)
@@ -106,7 +102,9 @@ def test_failed_jobs_reported_as_missing(two_multiruns, capsys):
     _, results, dirs = two_multiruns
     code, out, err = results["failing"]
     assert code != 0  # Hydra reports the failure after running the remaining jobs
-    assert "emotrain: error in job 1" in err and "trainer.dropout=1.5: must be in [0, 1)" in err and "Traceback" not in err
+    assert (
+        "emotrain: error in job 1" in err and "trainer.dropout=1.5: must be in [0, 1)" in err and "Traceback" not in err
+    )
     sweep = dirs["failing"]
     # jobs in order (cv.fold, dropout): (0, 0.1) (0, 1.5) (1, 0.1) (1, 1.5)
     assert sorted(p.name for p in sweep.iterdir() if p.is_dir()) == ["0_fold0", "1_fold0", "2_fold1", "3_fold1"]
@@ -126,8 +124,18 @@ def test_failed_jobs_reported_as_missing(two_multiruns, capsys):
 def test_joblib_launcher_two_workers(tmp_path):
     pytest.importorskip("hydra_plugins.hydra_joblib_launcher")
     sweep = tmp_path / "sweep"
-    proc = run_emotrain(["-m", "hydra/launcher=joblib", "hydra.launcher.n_jobs=2", "optim.lr=1e-4,1e-3", *QUICK,
-                         f"hydra.sweep.dir={sweep}"], tmp_path, timeout=300)
+    proc = run_emotrain(
+        [
+            "-m",
+            "hydra/launcher=joblib",
+            "hydra.launcher.n_jobs=2",
+            "optim.lr=1e-4,1e-3",
+            *QUICK,
+            f"hydra.sweep.dir={sweep}",
+        ],
+        tmp_path,
+        timeout=300,
+    )
     assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
     assert "Joblib.Parallel(n_jobs=2" in proc.stdout
     for job in ("0", "1"):
@@ -138,7 +146,9 @@ def test_joblib_launcher_two_workers(tmp_path):
 def test_optuna_search_minimises_val_loss(tmp_path):
     pytest.importorskip("hydra_plugins.hydra_optuna_sweeper")
     sweep = tmp_path / "sweep"
-    proc = run_emotrain(["hparams_search=optuna", "hydra.sweeper.n_trials=2", *QUICK, f"hydra.sweep.dir={sweep}"], tmp_path)
+    proc = run_emotrain(
+        ["hparams_search=optuna", "hydra.sweeper.n_trials=2", *QUICK, f"hydra.sweep.dir={sweep}"], tmp_path
+    )
     assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
     assert "Directions: ['minimize']" in proc.stdout
     values = []
@@ -170,7 +180,9 @@ def test_sweep_kfold_preset_and_fold_subdirs():
     assert cfg.hydra.sweeper.params["cv.fold"] == "range(4)"
     # job dirs show the job number and the fold (conf/hydra/sweep_subdir/kfold.yaml, picked by cv=kfold)
     assert OmegaConf.to_container(cfg.hydra.sweep)["subdir"] == "${hydra.job.num}_fold${cv.fold}"
-    assert OmegaConf.to_container(compose_hydra(["cv=kfold"]).hydra.sweep)["subdir"] == "${hydra.job.num}_fold${cv.fold}"
+    assert (
+        OmegaConf.to_container(compose_hydra(["cv=kfold"]).hydra.sweep)["subdir"] == "${hydra.job.num}_fold${cv.fold}"
+    )
     assert OmegaConf.to_container(compose_hydra([]).hydra.sweep)["subdir"] == "${hydra.job.num}"
     assert cfg.hydra.callbacks.sweep_summary.enabled is True
 
@@ -205,19 +217,41 @@ def test_submitit_local_sweep_runs_and_summarizes(tmp_path):
 
     sweep_dir = tmp_path / "sweep"
     cmd = [
-        sys.executable, "-m", "emotrain", "-m", "hydra/launcher=slurm_local", "backbone=tiny", "precision=fp32",
-        "trainer.epochs=1", "trainer.progress=false", "checkpoint=none", "report=false", "trainer.num_threads=1",
-        "data.max_train_examples=48", "data.max_eval_examples=16", "optim.lr=1e-4,1e-3", f"hydra.sweep.dir={sweep_dir}",
+        sys.executable,
+        "-m",
+        "emotrain",
+        "-m",
+        "hydra/launcher=slurm_local",
+        "backbone=tiny",
+        "precision=fp32",
+        "trainer.epochs=1",
+        "trainer.progress=false",
+        "checkpoint=none",
+        "report=false",
+        "trainer.num_threads=1",
+        "data.max_train_examples=48",
+        "data.max_eval_examples=16",
+        "optim.lr=1e-4,1e-3",
+        f"hydra.sweep.dir={sweep_dir}",
     ]
     proc = subprocess.run(cmd, cwd=REPO_ROOT, capture_output=True, text=True, timeout=300)
     assert proc.returncode == 0, proc.stderr[-2000:]
     jobs = sorted(sweep_dir.glob("*/metrics.json"))
     assert len(jobs) == 2
-    summary = subprocess.run([sys.executable, "-m", "emotrain.summarize", str(sweep_dir), "--no-write"], cwd=REPO_ROOT, capture_output=True, text=True, timeout=120)
+    summary = subprocess.run(
+        [sys.executable, "-m", "emotrain.summarize", str(sweep_dir), "--no-write"],
+        cwd=REPO_ROOT,
+        capture_output=True,
+        text=True,
+        timeout=120,
+    )
     assert summary.returncode == 0, summary.stderr[-2000:]
     assert "Jobs: 2 of 2 completed, 2 groups" in summary.stdout
     ranked = [line.split() for line in summary.stdout.splitlines() if line.strip()[:1].isdigit() and "0.00" in line]
-    best = {json.loads(p.read_text())["config"]["optim"]["lr"]: json.loads(p.read_text())["objective"]["value"] for p in jobs}
+    best = {
+        json.loads(p.read_text())["config"]["optim"]["lr"]: json.loads(p.read_text())["objective"]["value"]
+        for p in jobs
+    }
     assert float(ranked[0][1]) == min(best, key=best.get)  # lowest val loss ranked first
 
 
@@ -227,6 +261,11 @@ def test_slurm_preset_reads_defaults_from_the_environment(monkeypatch):
     monkeypatch.setenv("EMOTRAIN_SLURM_GPUS", "4")
     monkeypatch.setenv("EMOTRAIN_SLURM_TIME_MIN", "90")
     launcher = compose_hydra(["hydra/launcher=slurm"]).hydra.launcher
-    assert (launcher.partition, launcher.gpus_per_node, launcher.timeout_min, launcher.cpus_per_task) == ("a100", 4, 90, 8)
+    assert (launcher.partition, launcher.gpus_per_node, launcher.timeout_min, launcher.cpus_per_task) == (
+        "a100",
+        4,
+        90,
+        8,
+    )
     # The command line still wins over the environment.
     assert compose_hydra(["hydra/launcher=slurm", "hydra.launcher.gpus_per_node=1"]).hydra.launcher.gpus_per_node == 1

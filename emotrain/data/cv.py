@@ -5,9 +5,9 @@ from __future__ import annotations
 import logging
 
 from emotrain.config import check_range, check_seed, choice
-from emotrain.errors import ConfigError
 from emotrain.data.splitting import kfold_indices
 from emotrain.data.types import DataBundle, Split
+from emotrain.errors import ConfigError
 
 log = logging.getLogger(__name__)
 
@@ -15,7 +15,11 @@ log = logging.getLogger(__name__)
 def concat_splits(a: Split, b: Split) -> Split:
     import numpy as np
 
-    return Split(texts=a.texts + b.texts, targets={k: np.concatenate([a.targets[k], b.targets[k]]) for k in a.targets}, name=f"{a.name}+{b.name}")
+    return Split(
+        texts=a.texts + b.texts,
+        targets={k: np.concatenate([a.targets[k], b.targets[k]]) for k in a.targets},
+        name=f"{a.name}+{b.name}",
+    )
 
 
 def validate_cv_config(cv_cfg) -> None:
@@ -79,6 +83,9 @@ def apply_cv(bundle: DataBundle, cv_cfg, split: dict | None = None) -> DataBundl
     bundle.train.name = "train"
     bundle.val = pool.subset(split["val_indices"])
     bundle.val.name = f"fold{cv_cfg.fold}"
-    bundle.sources["cv"] = f"fold {cv_cfg.fold} of {cv_cfg.k} (seed {cv_cfg.seed}, stratified={cv_cfg.stratified}, include_val={cv_cfg.include_val})"
+    bundle.sources["cv"] = (
+        f"fold {cv_cfg.fold} of {cv_cfg.k} (seed {cv_cfg.seed}, stratified={cv_cfg.stratified}, "
+        f"include_val={cv_cfg.include_val})"
+    )
     log.info("cv: %s; train=%d val=%d", bundle.sources["cv"], len(bundle.train), len(bundle.val))
     return bundle

@@ -17,13 +17,13 @@ labels maps to it, so the coarse targets are multi-hot too.
 from __future__ import annotations
 
 import json
-from functools import lru_cache
+from collections.abc import Sequence
+from functools import cache
 from pathlib import Path
-from typing import Sequence
 
 import numpy as np
 
-from emotrain.data.table import RawTable, cell_repr, check_file, read_delimited, read_text
+from emotrain.data.readers import RawTable, cell_repr, check_file, read_delimited, read_text
 from emotrain.data.types import DataBundle, Split, TaskSpec
 from emotrain.errors import DataError
 
@@ -35,7 +35,7 @@ _ENCODING_HINT = "GoEmotions files are UTF-8; re-download or re-export the file"
 _COLUMNS = "text, label ids, comment id"
 
 
-@lru_cache(maxsize=None)
+@cache
 def load_mapping(task: str) -> dict[str, tuple[str, ...]]:
     """The packaged coarse-label mapping for `task` ("ekman" or "sentiment")."""
     with open(_RESOURCES / f"{task}_mapping.json", encoding="utf-8") as f:
@@ -92,7 +92,8 @@ def read_split(path: Path, num_labels: int) -> tuple[list[str], np.ndarray, RawT
             ids = [int(p) for p in parts]
         except ValueError:
             raise DataError(
-                f"{table.where(i)}: label ids {cell_repr(cell)} are not comma-separated integers; expected columns: {_COLUMNS}"
+                f"{table.where(i)}: label ids {cell_repr(cell)} are not comma-separated integers; expected columns: "
+                f"{_COLUMNS}"
             ) from None
         for label_id in ids:
             if not 0 <= label_id < num_labels:
@@ -124,7 +125,8 @@ def mapping_matrix(fine_labels: Sequence[str], task: str) -> tuple[tuple[str, ..
     unmapped = [fine_labels[i] for i in np.flatnonzero(matrix.sum(axis=1) == 0)]
     if unmapped:
         raise DataError(
-            f"{LABELS_FILE} label {unmapped[0]!r} has no {task} group; use the original labels.txt or data.tasks=[emotion]"
+            f"{LABELS_FILE} label {unmapped[0]!r} has no {task} group; use the original labels.txt or "
+            "data.tasks=[emotion]"
         )
     return coarse, matrix
 

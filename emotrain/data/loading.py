@@ -17,8 +17,9 @@ from omegaconf.errors import OmegaConfBaseException
 
 from emotrain.config import GROUP_SCHEMAS, check_range, check_seed
 from emotrain.data.goemotions import load_goemotions
+from emotrain.data.readers import resolve_path
 from emotrain.data.sample import load_sample
-from emotrain.data.table import load_table, resolve_path
+from emotrain.data.table import load_table
 from emotrain.data.types import DataBundle, Split
 from emotrain.errors import DataError
 
@@ -51,7 +52,10 @@ def validate_data_config(data_cfg: Any) -> None:
     for key in ("val_fraction", "test_fraction"):
         check_range(f"data.{key}", data_cfg[key], ge=0, lt=1)
     if data_cfg.val_fraction + data_cfg.test_fraction >= 1.0:
-        raise DataError(f"data.val_fraction + data.test_fraction = {data_cfg.val_fraction + data_cfg.test_fraction:g} leaves no training rows; lower them")
+        raise DataError(
+            f"data.val_fraction + data.test_fraction = {data_cfg.val_fraction + data_cfg.test_fraction:g} leaves no "
+            "training rows; lower them"
+        )
     check_seed("data.split_seed", data_cfg.split_seed)
     for key in ("max_train_examples", "max_eval_examples"):
         check_range(f"data.{key}", data_cfg[key], ge=1, integer=True, optional=True)
@@ -67,9 +71,7 @@ def _cap(split: Split, limit: int | None, key: str) -> Split:
     """The first `limit` rows (deterministic, keeps file order)."""
     if limit is None:
         return split
-    limit = int(limit)
-    if limit < 1:
-        raise DataError(f"data.{key}={limit} must be 1 or more (or null for no cap)")
+    limit = int(limit)  # >= 1: validate_data_config
     if limit >= len(split):
         return split
     return split.subset(np.arange(limit))
@@ -79,6 +81,7 @@ def load_data(data_cfg: Any, root_dir: Path) -> DataBundle:
     """Load the data set `data_cfg` (the `cfg.data` node) describes; relative paths
     resolve against `root_dir`, the launch directory."""
     cfg = _data_config(data_cfg)
+    validate_data_config(cfg)
     root_dir = Path(root_dir)
     kind = cfg.kind
     if kind == "sample":
@@ -95,7 +98,8 @@ def load_data(data_cfg: Any, root_dir: Path) -> DataBundle:
     if primary:
         if primary not in names:
             raise DataError(
-                f"data.primary_task={primary!r} names no task; tasks are {', '.join(names)} (set data.primary_task to one)"
+                f"data.primary_task={primary!r} names no task; tasks are {', '.join(names)} (set data.primary_task "
+                "to one)"
             )
         bundle.primary_task = str(primary)
     else:
@@ -121,15 +125,18 @@ def check_learnable(bundle: DataBundle) -> None:
             if not ((positives > 0) & (positives < n)).any():
                 state = "on" if (positives == n).all() else "off" if (positives == 0).all() else "on or off"
                 raise DataError(
-                    f"{where}: task {task.name!r} has every label {state} in all {n} training rows, so there is nothing to learn; "
+                    f"{where}: task {task.name!r} has every label {state} in all {n} training rows, so there is "
+                    "nothing to learn; "
                     "check the label column (data.tasks.<name>.column) and the file"
                 )
         else:
             present = np.unique(y)
             if len(present) < 2:
                 raise DataError(
-                    f"{where}: task {task.name!r} has a single class in the training split ({task.labels[int(present[0])]!r} in "
-                    f"all {n} rows); a classifier needs examples of at least 2 classes: check the label column and the file"
+                    f"{where}: task {task.name!r} has a single class in the training split "
+                    f"({task.labels[int(present[0])]!r} in "
+                    f"all {n} rows); a classifier needs examples of at least 2 classes: check the label column and "
+                    "the file"
                 )
 
 

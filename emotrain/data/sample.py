@@ -15,7 +15,8 @@ from pathlib import Path
 
 import numpy as np
 
-from emotrain.data.table import TaskOptions, build_task, read_delimited, text_cells
+from emotrain.data.labels import TaskOptions, build_task, text_cells
+from emotrain.data.readers import read_delimited
 from emotrain.data.types import DataBundle, Split, TaskSpec
 from emotrain.errors import DataError
 
@@ -40,7 +41,9 @@ def load_sample(data_dir: Path | None = None) -> DataBundle:
     for name in SAMPLE_FILES.values():
         if not (directory / name).is_file():
             fix = "reinstall emotrain (the sample ships inside the package)" if data_dir is None else "add it"
-            raise DataError(f"sample data file {directory / name} is missing; {fix}, or use data=table with your own files")
+            raise DataError(
+                f"sample data file {directory / name} is missing; {fix}, or use data=table with your own files"
+            )
     tables = {
         split: read_delimited(directory / name, sep=",", quoting=True, header=True, key="the sample data")
         for split, name in SAMPLE_FILES.items()
@@ -70,7 +73,8 @@ def load_sample(data_dir: Path | None = None) -> DataBundle:
         test=splits["test"],
         primary_task="emotion",
         sources={
-            split: (f"package:sample/{name}" if in_package else str(directory / name)) for split, name in SAMPLE_FILES.items()
+            split: (f"package:sample/{name}" if in_package else str(directory / name))
+            for split, name in SAMPLE_FILES.items()
         },
     )
 

@@ -12,7 +12,7 @@ neither the class nor the setting to change.
 from __future__ import annotations
 
 import math
-from typing import Sequence
+from collections.abc import Sequence
 
 import numpy as np
 from iterstrat.ml_stratifiers import MultilabelStratifiedKFold, MultilabelStratifiedShuffleSplit
@@ -20,7 +20,7 @@ from sklearn.model_selection import KFold, StratifiedKFold, train_test_split
 
 from emotrain.data.types import Split, TaskSpec
 from emotrain.errors import DataError
-from emotrain.preprocessing import scrub_pii
+from emotrain.pii import scrub_pii
 
 
 def _targets(split: Split, task: TaskSpec | str) -> tuple[str, tuple[str, ...] | None, np.ndarray]:
@@ -54,7 +54,13 @@ def _label_repr(label: str) -> str:
 
 
 def _check_min_count(
-    task_name: str, labels: tuple[str, ...] | None, counts: np.ndarray, minimum: int, source: str, need: str, remedy: str
+    task_name: str,
+    labels: tuple[str, ...] | None,
+    counts: np.ndarray,
+    minimum: int,
+    source: str,
+    need: str,
+    remedy: str,
 ) -> None:
     # Absent classes (0) are fine: they cannot end up on the wrong side.
     small = [(int(c), i) for i, c in enumerate(counts) if 0 < c < minimum]

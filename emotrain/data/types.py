@@ -23,7 +23,7 @@ class TaskSpec:
         return {"name": self.name, "labels": list(self.labels), "multilabel": self.multilabel}
 
     @classmethod
-    def from_dict(cls, d: dict) -> "TaskSpec":
+    def from_dict(cls, d: dict) -> TaskSpec:
         """From `to_dict()` output (checkpoints, bundles); ValueError naming what is wrong."""
         if not isinstance(d, dict):
             raise ValueError(f"a task must be an object, got {type(d).__name__}")
@@ -50,7 +50,7 @@ class Split:
     def __len__(self) -> int:
         return len(self.texts)
 
-    def subset(self, indices) -> "Split":
+    def subset(self, indices) -> Split:
         idx = np.asarray(indices, dtype=np.int64)
         return Split(
             texts=[self.texts[i] for i in idx],

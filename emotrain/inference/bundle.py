@@ -22,7 +22,8 @@ from pathlib import Path
 from typing import Any
 
 from emotrain.data.types import TaskSpec
-from emotrain.errors import CheckpointError
+from emotrain.errors import EmotrainError
+from emotrain.utils import one_line
 
 BUNDLE_FORMAT = "emotrain-bundle"
 BUNDLE_FORMAT_VERSION = 1
@@ -41,31 +42,26 @@ __all__ = [
     "ExportCheckError",
     "FP32_FILE",
     "INT8_FILE",
-    "TaskInfo",
     "TOKENIZER_FILE",
     "normalize_thresholds",
     "read_bundle",
 ]
 
 
-class BundleError(CheckpointError):
+class BundleError(EmotrainError):
     """A bundle (or model directory) is missing, incomplete or corrupt. One line, no traceback."""
 
 
-class ExportCheckError(CheckpointError):
+class ExportCheckError(EmotrainError):
     """The exported ONNX model does not reproduce the PyTorch model closely enough."""
 
 
-def one_line(text: Any, limit: int = 160) -> str:
-    s = " ".join(str(text).split())
-    return s if len(s) <= limit else s[: limit - 3] + "..."
-
-
 # Task definitions are the data layer's (numpy only, no torch): one format for checkpoints and bundles.
-TaskInfo = TaskSpec
 
 
-def normalize_thresholds(tasks: list[TaskInfo], thresholds: Any, *, where: str = "thresholds") -> dict[str, list[float]]:
+def normalize_thresholds(
+    tasks: list[TaskSpec], thresholds: Any, *, where: str = "thresholds"
+) -> dict[str, list[float]]:
     """{task: per-label thresholds} for every multi-label task, validated; missing tasks get 0.5.
 
     Raises ValueError naming the task when a list has the wrong length or a value outside [0, 1].
@@ -101,7 +97,7 @@ class BundleInfo:
     """The validated contents of bundle.json plus the directory it came from."""
 
     path: Path
-    tasks: list[TaskInfo]
+    tasks: list[TaskSpec]
     primary_task: str
     thresholds: dict[str, list[float]]
     preprocess: dict
@@ -121,8 +117,13 @@ class BundleInfo:
         if not quantized and other and (self.path / other).is_file():
             return self.path / other  # an int8-only bundle: use what there is
         if quantized:
-            raise BundleError(f"{self.path}: no int8 model ({INT8_FILE}); re-export with quantize=true, or load without quantized=True")
-        raise BundleError(f"{self.path}: no ONNX model ({FP32_FILE} / {INT8_FILE}); re-export the bundle with emotrain-export")
+            raise BundleError(
+                f"{self.path}: no int8 model ({INT8_FILE}); re-export with quantize=true, or load without "
+                "quantized=True"
+            )
+        raise BundleError(
+            f"{self.path}: no ONNX model ({FP32_FILE} / {INT8_FILE}); re-export the bundle with emotrain-export"
+        )
 
 
 def read_bundle(path: str | Path) -> BundleInfo:
@@ -134,18 +135,25 @@ def read_bundle(path: str | Path) -> BundleInfo:
         raise BundleError(f"{path}: not a directory; pass the bundle directory emotrain-export wrote")
     meta_path = path / BUNDLE_META
     if not meta_path.is_file():
-        raise BundleError(f"{path}: no {BUNDLE_META}, so not an emotrain bundle; export one with emotrain-export checkpoint=RUN_DIR")
+        raise BundleError(
+            f"{path}: no {BUNDLE_META}, so not an emotrain bundle; export one with emotrain-export checkpoint=RUN_DIR"
+        )
     try:
         meta = json.loads(meta_path.read_text(encoding="utf-8"))
     except (OSError, UnicodeDecodeError, ValueError) as e:
-        raise BundleError(f"{meta_path}: unreadable or not JSON ({type(e).__name__}: {one_line(e, 100)}); re-export the bundle") from None
+        raise BundleError(
+            f"{meta_path}: unreadable or not JSON ({type(e).__name__}: {one_line(e, 100)}); re-export the bundle"
+        ) from None
     try:
         if not isinstance(meta, dict) or meta.get("format") != BUNDLE_FORMAT:
             raise ValueError(f"no '{BUNDLE_FORMAT}' format marker")
         version = meta.get("format_version")
         if not isinstance(version, int) or version > BUNDLE_FORMAT_VERSION:
-            raise ValueError(f"format version {version!r} is newer than this emotrain supports ({BUNDLE_FORMAT_VERSION}); upgrade emotrain")
-        tasks = [TaskInfo.from_dict(t) for t in meta["tasks"]]
+            raise ValueError(
+                f"format version {version!r} is newer than this emotrain supports ({BUNDLE_FORMAT_VERSION}); upgrade "
+                "emotrain"
+            )
+        tasks = [TaskSpec.from_dict(t) for t in meta["tasks"]]
         if not tasks:
             raise ValueError("lists no tasks")
         names = [t.name for t in tasks]

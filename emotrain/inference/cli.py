@@ -18,8 +18,8 @@ import json
 import logging
 import os
 import sys
+from collections.abc import Iterator
 from contextlib import contextmanager
-from typing import Iterator
 
 from emotrain.console import progress
 from emotrain.errors import TRAINING_PACKAGES, EmotrainError, MissingDependencyError, require_packages
@@ -80,18 +80,43 @@ def _predict_parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(
         prog=PREDICT,
         description="Predict emotions with an exported emotrain bundle. Texts come from the arguments, "
-        "or from stdin (one per line: JSON objects with a \"text\" field - other fields are copied to the "
+        'or from stdin (one per line: JSON objects with a "text" field - other fields are copied to the '
         "output - or plain text lines; blank lines are skipped). Writes one JSON result per text to stdout.",
     )
     p.add_argument("texts", nargs="*", metavar="TEXT", help="texts to classify (default: read stdin)")
-    p.add_argument("--model", "-m", required=True, help="bundle directory (emotrain-export), or for --model-type pytorch a run directory / checkpoint")
-    p.add_argument("--model-type", choices=("auto", "onnx", "pytorch"), default="auto", help="default: onnx when the directory has an ONNX model")
+    p.add_argument(
+        "--model",
+        "-m",
+        required=True,
+        help="bundle directory (emotrain-export), or for --model-type pytorch a run directory / checkpoint",
+    )
+    p.add_argument(
+        "--model-type",
+        choices=("auto", "onnx", "pytorch"),
+        default="auto",
+        help="default: onnx when the directory has an ONNX model",
+    )
     p.add_argument("--quantized", action="store_true", help="run the int8 model (faster; default: fp32)")
-    p.add_argument("--threshold", type=float, default=None, help="one decision threshold for every multi-label label (default: the tuned per-label thresholds)")
+    p.add_argument(
+        "--threshold",
+        type=float,
+        default=None,
+        help="one decision threshold for every multi-label label (default: the tuned per-label thresholds)",
+    )
     p.add_argument("--batch-size", type=int, default=32)
     p.add_argument("--num-threads", type=int, default=None, help="inference threads (default: all cores)")
-    p.add_argument("--max-chars", type=int, default=None, help="cut longer texts (with a warning) before preprocessing (default 10000)")
-    p.add_argument("--input", choices=("auto", "jsonl", "lines"), default="auto", help="stdin format (auto: lines starting with '{' are JSON)")
+    p.add_argument(
+        "--max-chars",
+        type=int,
+        default=None,
+        help="cut longer texts (with a warning) before preprocessing (default 10000)",
+    )
+    p.add_argument(
+        "--input",
+        choices=("auto", "jsonl", "lines"),
+        default="auto",
+        help="stdin format (auto: lines starting with '{' are JSON)",
+    )
     p.add_argument("--chunk", type=int, default=1024, help="stdin texts predicted per round (output streams per round)")
     p.add_argument("--quiet", "-q", action="store_true", help="no warnings on stderr")
     return p
@@ -104,13 +129,20 @@ def _utf8_line(raw: bytes | str, where: str) -> str:
             raw.encode("utf-8")
             return raw
         except UnicodeEncodeError:
-            raw = raw.encode("utf-8", "surrogateescape") if all(
-                not 0xD800 <= ord(c) <= 0xDFFF or 0xDC80 <= ord(c) <= 0xDCFF for c in raw
-            ) else raw.encode("utf-8", "surrogatepass")
+            raw = (
+                raw.encode("utf-8", "surrogateescape")
+                if all(not 0xD800 <= ord(c) <= 0xDFFF or 0xDC80 <= ord(c) <= 0xDCFF for c in raw)
+                else raw.encode("utf-8", "surrogatepass")
+            )
     try:
         return raw.decode("utf-8")
     except UnicodeDecodeError as e:
-        log.warning("%s: bytes %r at offset %d are not valid UTF-8; replaced by U+FFFD (send UTF-8 text)", where, raw[e.start:e.end][:8], e.start)
+        log.warning(
+            "%s: bytes %r at offset %d are not valid UTF-8; replaced by U+FFFD (send UTF-8 text)",
+            where,
+            raw[e.start : e.end][:8],
+            e.start,
+        )
         return raw.decode("utf-8", "replace")
 
 
@@ -124,7 +156,9 @@ def _stdin_records(stream, mode: str) -> Iterator[tuple[dict, str]]:
             try:
                 obj = json.loads(line)
             except ValueError as e:
-                raise EmotrainError(f"stdin line {lineno}: not valid JSON ({e}); send one JSON object per line, or plain text lines") from None
+                raise EmotrainError(
+                    f"stdin line {lineno}: not valid JSON ({e}); send one JSON object per line, or plain text lines"
+                ) from None
             if not isinstance(obj, dict) or not isinstance(obj.get("text"), str):
                 raise EmotrainError(f'stdin line {lineno}: needs a JSON object with a string "text" field')
             yield obj, obj["text"]
@@ -181,8 +215,12 @@ def _predict(args) -> int:
         from emotrain.inference.engine import DEFAULT_MAX_CHARS, load_engine
 
         engine = load_engine(
-            args.model, args.model_type, quantized=args.quantized, threshold=args.threshold,
-            num_threads=args.num_threads, max_chars=args.max_chars or DEFAULT_MAX_CHARS,
+            args.model,
+            args.model_type,
+            quantized=args.quantized,
+            threshold=args.threshold,
+            num_threads=args.num_threads,
+            max_chars=args.max_chars or DEFAULT_MAX_CHARS,
         )
         if args.texts:
             texts = [_utf8_line(t, f"argument {i + 1}") for i, t in enumerate(args.texts)]
@@ -220,15 +258,27 @@ def _broken_pipe() -> int:
 # --------------------------------------------------------------------------- export
 
 EXPORT_KEYS = {
-    "checkpoint": ("path", "a run directory (its best checkpoint), a checkpoint file or a model/ export directory (required)"),
-    "out": ("path", "bundle directory (default: <run dir>/bundle, or <checkpoint stem>_bundle next to a checkpoint file)"),
+    "checkpoint": (
+        "path",
+        "a run directory (its best checkpoint), a checkpoint file or a model/ export directory (required)",
+    ),
+    "out": (
+        "path",
+        "bundle directory (default: <run dir>/bundle, or <checkpoint stem>_bundle next to a checkpoint file)",
+    ),
     "quantize": ("bool", "also write model.int8.onnx (onnxruntime dynamic quantization), default true"),
     "opset": ("int", "ONNX opset, default 17"),
     "check": ("bool", "compare ONNX with PyTorch on sample texts and fail on a mismatch, default true"),
     "atol": ("float", "max abs logit difference fp32 ONNX vs PyTorch, default 1e-4"),
-    "min_agreement": ("float", "min share of int8 decisions that fp32 makes too, default 0.9 (see bundle.json checks.int8.definition)"),
+    "min_agreement": (
+        "float",
+        "min share of int8 decisions that fp32 makes too, default 0.9 (see bundle.json checks.int8.definition)",
+    ),
     "samples": ("path", "text file (one per line) added to the built-in check texts"),
-    "pytorch": ("bool", "also write the PyTorch weights (config.json, model.safetensors, emotrain_model.json), default false"),
+    "pytorch": (
+        "bool",
+        "also write the PyTorch weights (config.json, model.safetensors, emotrain_model.json), default false",
+    ),
     "tokenizer": ("path", "tokenizer directory, for a bare checkpoint whose backbone tokenizer cannot be found"),
     "which": ("str", "best (default) or last checkpoint of a run directory"),
     "per_channel": ("bool", "per-channel int8 weight scales (more accurate, same speed), default true"),
@@ -237,8 +287,8 @@ EXPORT_KEYS = {
 EXPORT_USAGE = (
     f"usage: {EXPORT} checkpoint=PATH [key=value ...]\n"
     f"       python -m emotrain.export checkpoint=PATH [key=value ...]\n\n"
-    "Export a trained model to a deployment bundle (model.onnx, model.int8.onnx, tokenizer.json, bundle.json).\n\nkeys:\n"
-    + "\n".join(f"  {k:<14} {help}" for k, (_, help) in EXPORT_KEYS.items())
+    "Export a trained model to a deployment bundle (model.onnx, model.int8.onnx, tokenizer.json, "
+    "bundle.json).\n\nkeys:\n" + "\n".join(f"  {k:<14} {help}" for k, (_, help) in EXPORT_KEYS.items())
 )
 
 _TRUE = {"true", "yes", "on", "1"}
@@ -276,7 +326,10 @@ def parse_export_args(argv: list[str]) -> dict:
                     raise ValueError
                 out[key] = raw
         except ValueError:
-            raise ValueError(f"{key}={value!r}: expected {'true or false' if kind == 'bool' else 'a non-empty value' if kind in ('path', 'str') else f'a {kind}'}") from None
+            expected = (
+                "true or false" if kind == "bool" else "a non-empty value" if kind in ("path", "str") else f"a {kind}"
+            )
+            raise ValueError(f"{key}={value!r}: expected {expected}") from None
     if out.get("which") not in (None, "best", "last"):
         raise ValueError(f"which={out['which']!r}: use best or last")
     if not out.get("checkpoint"):

@@ -24,11 +24,12 @@ Both share the same text handling, so they differ only in the model that runs:
 from __future__ import annotations
 
 import logging
+from collections.abc import Iterable, Sequence
 from pathlib import Path
-from typing import Iterable, Sequence
 
 import numpy as np
 
+from emotrain.data.types import TaskSpec
 from emotrain.errors import EmotrainError
 from emotrain.inference.bundle import (
     BUNDLE_META,
@@ -36,12 +37,11 @@ from emotrain.inference.bundle import (
     INT8_FILE,
     RESERVED_KEYS,
     BundleError,
-    TaskInfo,
     normalize_thresholds,
-    one_line,
     read_bundle,
 )
 from emotrain.preprocessing import Preprocessor
+from emotrain.utils import one_line
 
 log = logging.getLogger("emotrain.inference")
 
@@ -63,7 +63,9 @@ class OnnxBackend:
 
     kind = "onnx"
 
-    def __init__(self, model_path: Path, tasks: Sequence[TaskInfo], num_threads: int | None = None, providers: list | None = None):
+    def __init__(
+        self, model_path: Path, tasks: Sequence[TaskSpec], num_threads: int | None = None, providers: list | None = None
+    ):
         import onnxruntime as ort
 
         self.model_path = Path(model_path)
@@ -74,24 +76,36 @@ class OnnxBackend:
             so.intra_op_num_threads = int(num_threads)
             so.inter_op_num_threads = 1
         try:
-            self.session = ort.InferenceSession(str(self.model_path), so, providers=providers or ["CPUExecutionProvider"])
+            self.session = ort.InferenceSession(
+                str(self.model_path), so, providers=providers or ["CPUExecutionProvider"]
+            )
         except Exception as e:  # InvalidProtobuf, Fail, NoSuchFile, ...
             raise BundleError(
-                f"{self.model_path}: cannot load the ONNX model (truncated or corrupt? {type(e).__name__}: {one_line(e, 120)}); re-export the bundle"
+                f"{self.model_path}: cannot load the ONNX model (truncated or corrupt? {type(e).__name__}: "
+                f"{one_line(e, 120)}); re-export the bundle"
             ) from None
         inputs = {i.name for i in self.session.get_inputs()}
         missing = {"input_ids", "attention_mask"} - inputs
         unknown = inputs - {"input_ids", "attention_mask", "token_type_ids"}
         if missing or unknown:
-            raise BundleError(f"{self.model_path}: unexpected graph inputs {sorted(inputs)} (need input_ids, attention_mask[, token_type_ids]); re-export the bundle")
+            raise BundleError(
+                f"{self.model_path}: unexpected graph inputs {sorted(inputs)} (need input_ids, attention_mask[, "
+                "token_type_ids]); re-export the bundle"
+            )
         self.use_token_type_ids = "token_type_ids" in inputs
         outputs = {o.name: o.shape for o in self.session.get_outputs()}
         for t in tasks:
             shape = outputs.get(t.name)
             if shape is None:
-                raise BundleError(f"{self.model_path}: no output for task {t.name!r} (outputs: {sorted(outputs)}); the model does not belong to this {BUNDLE_META}")
+                raise BundleError(
+                    f"{self.model_path}: no output for task {t.name!r} (outputs: {sorted(outputs)}); the model does "
+                    f"not belong to this {BUNDLE_META}"
+                )
             if len(shape) != 2 or (isinstance(shape[1], int) and shape[1] != t.num_labels):
-                raise BundleError(f"{self.model_path}: output {t.name!r} has shape {shape}, {BUNDLE_META} lists {t.num_labels} labels; re-export the bundle")
+                raise BundleError(
+                    f"{self.model_path}: output {t.name!r} has shape {shape}, {BUNDLE_META} lists {t.num_labels} "
+                    "labels; re-export the bundle"
+                )
         self.output_names = [t.name for t in tasks]
 
     def run(self, input_ids: np.ndarray, attention_mask: np.ndarray) -> dict[str, np.ndarray]:
@@ -124,7 +138,8 @@ class TorchBackend:
 # --------------------------------------------------------------------------- engine
 
 
-def _activate(logits: np.ndarray, multilabel: bool) -> np.ndarray:
+def activate(logits: np.ndarray, multilabel: bool) -> np.ndarray:
+    """Logits -> probabilities: sigmoid per label (multi-label), softmax over classes (multi-class)."""
     z = np.asarray(logits, dtype=np.float32)
     if multilabel:
         return (1.0 / (1.0 + np.exp(-z))).astype(np.float32)
@@ -137,7 +152,9 @@ def _check_threshold(threshold) -> float | None:
     if threshold is None:
         return None
     if isinstance(threshold, bool) or not isinstance(threshold, (int, float)) or not 0.0 <= float(threshold) <= 1.0:
-        raise ValueError(f"threshold={threshold!r}: must be a number in [0, 1] (or None for the tuned per-label thresholds)")
+        raise ValueError(
+            f"threshold={threshold!r}: must be a number in [0, 1] (or None for the tuned per-label thresholds)"
+        )
     return float(threshold)
 
 
@@ -185,7 +202,7 @@ class EmotionInferenceEngine:
         backend,
         tokenizer,
         *,
-        tasks: Sequence[TaskInfo],
+        tasks: Sequence[TaskSpec],
         primary_task: str,
         thresholds: dict | None,
         max_length: int,
@@ -212,7 +229,9 @@ class EmotionInferenceEngine:
             raise ValueError(f"max_chars={max_chars!r}: must be a positive integer")
         self.max_length = max_length
         self.max_chars = max_chars
-        self.preprocessor = preprocess if isinstance(preprocess, Preprocessor) else Preprocessor.from_dict(preprocess or {})
+        self.preprocessor = (
+            preprocess if isinstance(preprocess, Preprocessor) else Preprocessor.from_dict(preprocess or {})
+        )
         self.pad_token_id = int(pad_token_id)
         self._tokenizer = tokenizer
         tokenizer.no_padding()  # padding is done per length-sorted batch
@@ -237,7 +256,10 @@ class EmotionInferenceEngine:
 
     def __repr__(self) -> str:
         what = self.model_file.name if self.model_file is not None else self.model_type
-        return f"EmotionInferenceEngine({self.model_type}, {what}, tasks={[t.name for t in self.tasks]}, primary={self.primary_task!r})"
+        return (
+            f"EmotionInferenceEngine({self.model_type}, {what}, tasks={[t.name for t in self.tasks]}, "
+            f"primary={self.primary_task!r})"
+        )
 
     # -- prediction
     def predict(self, text: str, *, threshold: float | None = None) -> dict:
@@ -246,7 +268,9 @@ class EmotionInferenceEngine:
             raise TypeError(f"text: expected str, got {type(text).__name__}")
         return self.predict_batch([text], batch_size=1, threshold=threshold)[0]
 
-    def predict_batch(self, texts: Iterable[str], batch_size: int = 32, *, threshold: float | None = None) -> list[dict]:
+    def predict_batch(
+        self, texts: Iterable[str], batch_size: int = 32, *, threshold: float | None = None
+    ) -> list[dict]:
         """Texts -> results in input order. Internally sorted by token length, `batch_size` at a time."""
         probs, truncated = self.predict_scores(texts, batch_size=batch_size)
         return self._results(probs, truncated, threshold)
@@ -275,8 +299,10 @@ class EmotionInferenceEngine:
                     mask[row, : len(seq)] = 1
                 logits = self._backend.run(ids, mask)
                 for t in self.tasks:
-                    probs[t.name][start + idx] = _activate(logits[t.name], t.multilabel)
-            truncated[start : start + len(window)] = [bool(e.overflowing) or cut for e, (_, cut) in zip(encodings, texts[start : start + WINDOW])]
+                    probs[t.name][start + idx] = activate(logits[t.name], t.multilabel)
+            truncated[start : start + len(window)] = [
+                bool(e.overflowing) or cut for e, (_, cut) in zip(encodings, texts[start : start + WINDOW])
+            ]
         return probs, truncated
 
     def decide(self, probs: dict[str, np.ndarray], threshold: float | None = None) -> dict[str, np.ndarray]:
@@ -295,7 +321,9 @@ class EmotionInferenceEngine:
     # -- internals
     def _prepare(self, texts) -> list[tuple[str, bool]]:
         if isinstance(texts, (str, bytes)):
-            raise TypeError(f"texts: expected a list of str, got a single {type(texts).__name__}; use predict() for one text")
+            raise TypeError(
+                f"texts: expected a list of str, got a single {type(texts).__name__}; use predict() for one text"
+            )
         try:
             texts = list(texts)
         except TypeError:
@@ -307,8 +335,12 @@ class EmotionInferenceEngine:
             cut = len(text) > self.max_chars
             if cut:
                 log.warning(
-                    "text %d: %d characters, truncated to the first %d (max_chars) before preprocessing; the model reads at most %d tokens",
-                    i, len(text), self.max_chars, self.max_length,
+                    "text %d: %d characters, truncated to the first %d (max_chars) before preprocessing; the model "
+                    "reads at most %d tokens",
+                    i,
+                    len(text),
+                    self.max_chars,
+                    self.max_length,
                 )
                 text = text[: self.max_chars]
             out.append((_utf8_safe(self.preprocessor(text)), cut))
@@ -334,7 +366,9 @@ class EmotionInferenceEngine:
                 else:
                     labels = [label]
                 tasks[t.name] = {"label": label, "labels": labels, "scores": dict(zip(t.labels, scores))}
-            results.append({self.primary_task: tasks[self.primary_task]["label"], "tasks": tasks, "truncated": bool(truncated[i])})
+            results.append(
+                {self.primary_task: tasks[self.primary_task]["label"], "tasks": tasks, "truncated": bool(truncated[i])}
+            )
         return results
 
 
@@ -348,7 +382,9 @@ def _has_onnx(directory: Path) -> bool:
 def _looks_like_torch_source(path: Path) -> bool:
     if path.is_file():
         return True
-    return any((path / name).exists() for name in ("emotrain_model.json", "checkpoints", "model")) or any(path.glob("*.pt"))
+    return any((path / name).exists() for name in ("emotrain_model.json", "checkpoints", "model")) or any(
+        path.glob("*.pt")
+    )
 
 
 def load_engine(
@@ -381,14 +417,17 @@ def load_engine(
     max_chars:
         Longer texts are cut to this many characters (with a logged warning) before preprocessing.
 
-    Every unusable path raises a one-line :class:`emotrain.errors.CheckpointError` (BundleError for bundles).
+    Every unusable path raises a one-line :class:`emotrain.errors.EmotrainError`: BundleError for a bundle,
+    CheckpointError for a checkpoint.
     """
     if model_type not in MODEL_TYPES:
         raise ValueError(f"model_type={model_type!r}: use one of {', '.join(MODEL_TYPES)}")
     threshold = _check_threshold(threshold)
     path = Path(path)
     if not path.exists():
-        raise BundleError(f"model not found: {path}; pass a bundle directory (emotrain-export), a run directory or a checkpoint")
+        raise BundleError(
+            f"model not found: {path}; pass a bundle directory (emotrain-export), a run directory or a checkpoint"
+        )
     onnx_dir = path
     if path.is_dir() and not (path / BUNDLE_META).is_file() and (path / "bundle" / BUNDLE_META).is_file():
         onnx_dir = path / "bundle"
@@ -398,7 +437,10 @@ def load_engine(
         elif _looks_like_torch_source(path):
             model_type = "pytorch"
         else:
-            raise BundleError(f"{path}: neither an ONNX bundle ({FP32_FILE} / {INT8_FILE} + {BUNDLE_META}) nor a run directory, checkpoint or model/ export")
+            raise BundleError(
+                f"{path}: neither an ONNX bundle ({FP32_FILE} / {INT8_FILE} + {BUNDLE_META}) nor a run directory, "
+                "checkpoint or model/ export"
+            )
     kwargs = {"threshold": threshold, "max_chars": max_chars}
     if model_type == "onnx":
         return _load_onnx(onnx_dir, quantized, num_threads, providers, **kwargs)
@@ -418,15 +460,28 @@ def _load_onnx(path: Path, quantized: bool, num_threads, providers, **kwargs) ->
     try:
         tokenizer = Tokenizer.from_file(str(tok_file))
     except Exception as e:
-        raise BundleError(f"{tok_file}: cannot load the tokenizer (truncated or corrupt? {type(e).__name__}: {one_line(e, 100)}); re-export the bundle") from None
+        raise BundleError(
+            f"{tok_file}: cannot load the tokenizer (truncated or corrupt? {type(e).__name__}: {one_line(e, 100)}); "
+            "re-export the bundle"
+        ) from None
     try:
         preprocess = Preprocessor.from_dict(info.preprocess)
     except (TypeError, ValueError) as e:
-        raise BundleError(f"{path / BUNDLE_META}: bad preprocess settings ({one_line(e, 120)}); re-export the bundle") from None
+        raise BundleError(
+            f"{path / BUNDLE_META}: bad preprocess settings ({one_line(e, 120)}); re-export the bundle"
+        ) from None
     backend = OnnxBackend(model_file, info.tasks, num_threads=num_threads, providers=providers)
     return EmotionInferenceEngine(
-        backend, tokenizer, tasks=info.tasks, primary_task=info.primary_task, thresholds=info.thresholds,
-        max_length=info.max_length, preprocess=preprocess, pad_token_id=info.pad_token_id, source=path, **kwargs,
+        backend,
+        tokenizer,
+        tasks=info.tasks,
+        primary_task=info.primary_task,
+        thresholds=info.thresholds,
+        max_length=info.max_length,
+        preprocess=preprocess,
+        pad_token_id=info.pad_token_id,
+        source=path,
+        **kwargs,
     )
 
 
@@ -436,15 +491,28 @@ def _load_pytorch(path: Path, num_threads, **kwargs) -> EmotionInferenceEngine:
 
         from emotrain.inference.source import load_source
     except ImportError as e:
-        raise EmotrainError(f"model_type='pytorch' needs torch and transformers ({e}); install emotrain's training dependencies or use an ONNX bundle") from None
+        raise EmotrainError(
+            f"model_type='pytorch' needs torch and transformers ({e}); install emotrain's training dependencies or "
+            "use an ONNX bundle"
+        ) from None
     src = load_source(path)
     backend_tok = getattr(src.tokenizer, "backend_tokenizer", None)
     if backend_tok is None:
-        raise BundleError(f"{path}: the tokenizer is not a fast (tokenizers) tokenizer; the engine needs tokenizer.json")
+        raise BundleError(
+            f"{path}: the tokenizer is not a fast (tokenizers) tokenizer; the engine needs tokenizer.json"
+        )
     tokenizer = Tokenizer.from_str(backend_tok.to_str())
     pad_id = src.tokenizer.pad_token_id if src.tokenizer.pad_token_id is not None else 0
     backend = TorchBackend(src.model, num_threads=num_threads)
     return EmotionInferenceEngine(
-        backend, tokenizer, tasks=src.tasks, primary_task=src.primary_task, thresholds=src.thresholds,
-        max_length=src.max_length, preprocess=src.meta.get("preprocess") or {}, pad_token_id=pad_id, source=path, **kwargs,
+        backend,
+        tokenizer,
+        tasks=src.tasks,
+        primary_task=src.primary_task,
+        thresholds=src.thresholds,
+        max_length=src.max_length,
+        preprocess=src.meta.get("preprocess") or {},
+        pad_token_id=pad_id,
+        source=path,
+        **kwargs,
     )

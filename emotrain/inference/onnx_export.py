@@ -32,12 +32,13 @@ import shutil
 import tempfile
 import uuid
 import warnings
+from collections.abc import Iterable
 from contextlib import contextmanager
 from pathlib import Path
-from typing import Iterable
 
 import numpy as np
 
+from emotrain.data.types import TaskSpec
 from emotrain.errors import CheckpointError, EmotrainError
 from emotrain.inference.bundle import (
     BUNDLE_FORMAT,
@@ -47,12 +48,11 @@ from emotrain.inference.bundle import (
     INT8_FILE,
     TOKENIZER_FILE,
     ExportCheckError,
-    TaskInfo,
-    one_line,
 )
-from emotrain.inference.engine import OnnxBackend, TorchBackend, _activate
+from emotrain.inference.engine import OnnxBackend, TorchBackend, activate
 from emotrain.io import publish_modes, write_json
 from emotrain.preprocessing import Preprocessor
+from emotrain.utils import one_line
 
 log = logging.getLogger("emotrain.inference")
 
@@ -62,7 +62,15 @@ DEFAULT_MIN_AGREEMENT = 0.9
 PYTORCH_FILES = ("config.json", "model.safetensors", "emotrain_model.json")
 CHECK_BATCH = 8
 
-__all__ = ["DEFAULT_ATOL", "DEFAULT_MIN_AGREEMENT", "DEFAULT_OPSET", "SAMPLE_TEXTS", "default_out_dir", "export_bundle", "sample_texts"]
+__all__ = [
+    "DEFAULT_ATOL",
+    "DEFAULT_MIN_AGREEMENT",
+    "DEFAULT_OPSET",
+    "SAMPLE_TEXTS",
+    "default_out_dir",
+    "export_bundle",
+    "sample_texts",
+]
 
 # Edge cases the export must survive: empty, emoji, other scripts, PII, long, markup.
 SAMPLE_TEXTS = [
@@ -120,7 +128,9 @@ def _read_samples(path) -> list[str]:
     try:
         lines = path.read_text(encoding="utf-8").splitlines()
     except (OSError, UnicodeDecodeError) as e:
-        raise EmotrainError(f"samples={path}: cannot read it ({type(e).__name__}); pass a UTF-8 text file, one text per line") from None
+        raise EmotrainError(
+            f"samples={path}: cannot read it ({type(e).__name__}); pass a UTF-8 text file, one text per line"
+        ) from None
     texts = [line for line in lines if line.strip()]
     if not texts:
         raise EmotrainError(f"samples={path}: no texts in it; pass a UTF-8 text file, one text per line")
@@ -131,7 +141,8 @@ def _read_samples(path) -> list[str]:
 
 
 def default_out_dir(source) -> Path:
-    """Where a bundle goes by default: ``<run dir>/bundle``, or ``<checkpoint stem>_bundle`` next to a checkpoint file."""
+    """Where a bundle goes by default: ``<run dir>/bundle``, or ``<checkpoint stem>_bundle`` next to a
+    checkpoint file."""
     source = Path(source)
     if source.is_file():
         return source.parent / f"{source.stem}_bundle"
@@ -148,7 +159,10 @@ def _check_out_dir(out: Path) -> None:
         if not out.is_dir():
             raise EmotrainError(f"out={out}: exists and is not a directory; choose another output directory")
         if any(out.iterdir()) and not (out / BUNDLE_META).is_file():
-            raise EmotrainError(f"out={out}: exists, is not empty and is not a bundle; choose another directory (an existing bundle is replaced)")
+            raise EmotrainError(
+                f"out={out}: exists, is not empty and is not a bundle; choose another directory (an existing bundle "
+                "is replaced)"
+            )
 
 
 def _install(staging: Path, out: Path) -> None:
@@ -179,7 +193,15 @@ def _uses_token_type_ids(model) -> bool:
     return "token_type_ids" in params and int(getattr(encoder.config, "type_vocab_size", 0) or 0) > 0
 
 
-def _export_onnx(model, path: Path, tasks: list[TaskInfo], opset: int, token_type_ids: bool, example_ids: np.ndarray, example_mask: np.ndarray) -> None:
+def _export_onnx(
+    model,
+    path: Path,
+    tasks: list[TaskSpec],
+    opset: int,
+    token_type_ids: bool,
+    example_ids: np.ndarray,
+    example_mask: np.ndarray,
+) -> None:
     """Trace `model` to `path`: (input_ids, attention_mask[, token_type_ids]) -> one logits output per task."""
     import torch
 
@@ -209,8 +231,16 @@ def _export_onnx(model, path: Path, tasks: list[TaskInfo], opset: int, token_typ
         with warnings.catch_warnings(), torch.no_grad():
             warnings.simplefilter("ignore")
             torch.onnx.export(
-                wrapper, args, str(path), dynamo=False, opset_version=int(opset), input_names=inputs, output_names=names,
-                dynamic_axes=axes, do_constant_folding=True, training=torch.onnx.TrainingMode.EVAL,
+                wrapper,
+                args,
+                str(path),
+                dynamo=False,
+                opset_version=int(opset),
+                input_names=inputs,
+                output_names=names,
+                dynamic_axes=axes,
+                do_constant_folding=True,
+                training=torch.onnx.TrainingMode.EVAL,
             )
     except Exception as e:
         raise EmotrainError(f"ONNX export failed (opset={opset}): {type(e).__name__}: {one_line(e, 200)}") from None
@@ -241,7 +271,11 @@ def _quantize(fp32: Path, int8: Path, per_channel: bool = True) -> dict:
     with _quiet_root_logger(), warnings.catch_warnings():
         warnings.simplefilter("ignore")
         quantize_dynamic(str(fp32), str(int8), weight_type=QuantType.QInt8, per_channel=bool(per_channel))
-    return {"method": "onnxruntime.quantization.quantize_dynamic", "weight_type": "QInt8", "per_channel": bool(per_channel)}
+    return {
+        "method": "onnxruntime.quantization.quantize_dynamic",
+        "weight_type": "QInt8",
+        "per_channel": bool(per_channel),
+    }
 
 
 # --------------------------------------------------------------------------- checks
@@ -272,12 +306,14 @@ def _logits(backend, batches, tasks) -> dict[str, np.ndarray]:
 def _decisions(tasks, logits, thresholds) -> dict[str, np.ndarray]:
     out = {}
     for t in tasks:
-        p = _activate(logits[t.name], t.multilabel)
+        p = activate(logits[t.name], t.multilabel)
         out[t.name] = (p >= np.asarray(thresholds[t.name], dtype=np.float32)) if t.multilabel else p.argmax(-1)
     return out
 
 
-def _self_check(src, staging: Path, texts: list[str], *, quantized: bool, atol: float, min_agreement: float, pad_id: int) -> dict:
+def _self_check(
+    src, staging: Path, texts: list[str], *, quantized: bool, atol: float, min_agreement: float, pad_id: int
+) -> dict:
     from tokenizers import Tokenizer
 
     tasks = src.tasks
@@ -292,7 +328,8 @@ def _self_check(src, staging: Path, texts: list[str], *, quantized: bool, atol: 
     if mismatch:
         i = mismatch[0]
         raise ExportCheckError(
-            f"the bundle's {TOKENIZER_FILE} tokenizes {len(mismatch)} of {len(texts)} sample texts differently from the training tokenizer "
+            f"the bundle's {TOKENIZER_FILE} tokenizes {len(mismatch)} of {len(texts)} sample texts differently from "
+            "the training tokenizer "
             f"(e.g. sample {i}: {one_line(texts[i], 40)!r}); the bundle would not see what the model was trained on"
         )
     batches = list(_batches(encodings, pad_id, CHECK_BATCH)) + list(_batches(encodings[:3], pad_id, 1))
@@ -306,7 +343,8 @@ def _self_check(src, staging: Path, texts: list[str], *, quantized: bool, atol: 
     }
     if not diffs[worst] <= atol:  # also catches NaN
         raise ExportCheckError(
-            f"fp32 ONNX logits differ from PyTorch by {diffs[worst]:.3g} (task {worst!r}) on {len(texts)} sample texts, "
+            f"fp32 ONNX logits differ from PyTorch by {diffs[worst]:.3g} (task {worst!r}) on {len(texts)} sample "
+            "texts, "
             f"more than atol={atol:g}; the exported graph does not reproduce the model - no bundle written"
         )
     if quantized:
@@ -320,7 +358,8 @@ def _self_check(src, staging: Path, texts: list[str], *, quantized: bool, atol: 
             raise ExportCheckError(
                 f"int8 decisions agree with fp32 on only {share:.1%} of {checks['int8']['decisions']} decisions "
                 f"({', '.join(f'{k} {v:.1%}' for k, v in per_task.items())}) on {len(texts)} sample texts, "
-                f"below min_agreement={min_agreement:g}; export with quantize=false, or lower min_agreement knowingly - no bundle written"
+                f"below min_agreement={min_agreement:g}; export with quantize=false, or lower min_agreement "
+                "knowingly - no bundle written"
             )
     return checks
 
@@ -353,7 +392,10 @@ def agreement(tasks, logits_a: dict, logits_b: dict, thresholds: dict) -> dict:
         top[t.name] = float((logits_a[t.name].argmax(-1) == logits_b[t.name].argmax(-1)).mean())
         agree += n_agree
         total += n_total
-    diff = max(float(np.abs(_activate(logits_a[t.name], t.multilabel) - _activate(logits_b[t.name], t.multilabel)).max()) for t in tasks)
+    diff = max(
+        float(np.abs(activate(logits_a[t.name], t.multilabel) - activate(logits_b[t.name], t.multilabel)).max())
+        for t in tasks
+    )
     return {
         "decision_agreement": agree / max(total, 1),
         "decisions": total,
@@ -366,6 +408,152 @@ def agreement(tasks, logits_a: dict, logits_b: dict, thresholds: dict) -> dict:
 
 
 # --------------------------------------------------------------------------- export
+
+
+def _check_export_args(opset, atol, min_agreement) -> None:
+    if not isinstance(opset, int) or isinstance(opset, bool) or not 13 <= opset <= 20:
+        raise EmotrainError(f"opset={opset!r}: use an ONNX opset between 13 and 20 (default {DEFAULT_OPSET})")
+    if not (isinstance(atol, (int, float)) and atol > 0):
+        raise EmotrainError(f"atol={atol!r}: must be a positive number (default {DEFAULT_ATOL:g})")
+    if not (isinstance(min_agreement, (int, float)) and 0.0 <= min_agreement <= 1.0):
+        raise EmotrainError(
+            f"min_agreement={min_agreement!r}: must be a share in [0, 1] (default {DEFAULT_MIN_AGREEMENT:g})"
+        )
+
+
+def _load_exportable(source_path: Path, which: str, tokenizer):
+    """The model to export, with a fast tokenizer and task names that are not ONNX input or result keys."""
+    from emotrain.inference.source import load_source
+
+    src = load_source(source_path, which=which, tokenizer=tokenizer)
+    if not getattr(src.tokenizer, "is_fast", False) or getattr(src.tokenizer, "backend_tokenizer", None) is None:
+        raise CheckpointError(
+            f"{source_path}: the tokenizer is not a fast tokenizer; the bundle needs a {TOKENIZER_FILE}"
+        )
+    clash = [
+        t.name for t in src.tasks if t.name in ("input_ids", "attention_mask", "token_type_ids", "tasks", "truncated")
+    ]
+    if clash:
+        raise CheckpointError(
+            f"task name {clash[0]!r} is reserved (an ONNX input or result key); rename the task and retrain"
+        )
+    return src
+
+
+def _write_graphs(
+    src, staging: Path, *, opset: int, with_tt: bool, quantize: bool, per_channel: bool, steps: int
+) -> dict | None:
+    """Tokenizer files, the fp32 graph traced from the PyTorch model and (quantize) its int8 version; returns the
+    quantisation facts."""
+    hf_tok = src.tokenizer
+    # Tokenizer files first: the trace's example input comes from the bundle's own tokenizer.
+    hf_tok.save_pretrained(str(staging))
+    if not (staging / TOKENIZER_FILE).is_file():
+        hf_tok.backend_tokenizer.save(str(staging / TOKENIZER_FILE))
+    example = hf_tok(["Hello there, how are you?", "I'm fine"], padding=True, return_tensors="np")
+    log.info("export step 1/%d: tracing the fp32 ONNX graph (opset %d)", steps, opset)
+    _export_onnx(
+        src.model,
+        staging / FP32_FILE,
+        src.tasks,
+        opset,
+        with_tt,
+        np.asarray(example["input_ids"], dtype=np.int64),
+        np.asarray(example["attention_mask"], dtype=np.int64),
+    )
+    if not quantize:
+        return None
+    log.info("export step 2/%d: quantising to int8 (onnxruntime dynamic, per_channel=%s)", steps, per_channel)
+    return _quantize(staging / FP32_FILE, staging / INT8_FILE, per_channel)
+
+
+def _run_checks(
+    src,
+    staging: Path,
+    texts: list[str],
+    *,
+    check: bool,
+    quantize: bool,
+    atol: float,
+    min_agreement: float,
+    pad_id: int,
+    steps: int,
+) -> dict:
+    if not check:
+        log.warning("export checks skipped (check=false): the bundle is not verified against PyTorch")
+        return {"skipped": True}
+    log.info("export step %d/%d: checking the bundle against PyTorch on %d texts", steps, steps, len(texts))
+    checks = _self_check(src, staging, texts, quantized=quantize, atol=atol, min_agreement=min_agreement, pad_id=pad_id)
+    if quantize:
+        log.info(
+            "export check: fp32 max |logit diff| %.2e (atol %g); int8 decision agreement %.1f%% (min %.0f%%)",
+            checks["fp32"]["max_abs_diff_logits"],
+            atol,
+            100 * checks["int8"]["decision_agreement"],
+            100 * min_agreement,
+        )
+    else:
+        log.info("export check: fp32 max |logit diff| %.2e (atol %g)", checks["fp32"]["max_abs_diff_logits"], atol)
+    return checks
+
+
+def _bundle_meta(
+    src,
+    source_path: Path,
+    staging: Path,
+    *,
+    files: dict,
+    opset: int,
+    with_tt: bool,
+    quantization,
+    checks: dict,
+    pytorch: bool,
+    pad_id: int,
+) -> dict:
+    """bundle.json: what the engine needs (tasks, thresholds, preprocessing, tokenizer, graph facts) and where it
+    came from."""
+    import onnx
+
+    from emotrain.reproducibility import library_versions
+
+    return {
+        "format": BUNDLE_FORMAT,
+        "format_version": BUNDLE_FORMAT_VERSION,
+        "tasks": [t.to_dict() for t in src.tasks],
+        "primary_task": src.primary_task,
+        "thresholds": src.thresholds,
+        "thresholds_source": src.thresholds_source,
+        "preprocess": Preprocessor.from_dict(src.meta.get("preprocess") or {}).to_dict(),
+        "max_length": src.max_length,
+        "pooling": src.meta.get("pooling"),
+        "tokenizer": {
+            "file": TOKENIZER_FILE,
+            "pad_token": src.tokenizer.pad_token,
+            "pad_token_id": pad_id,
+            "truncation": "right, to max_length tokens",
+        },
+        "onnx": {
+            "files": files,
+            "opset": opset,
+            "inputs": ["input_ids", "attention_mask"] + (["token_type_ids"] if with_tt else []),
+            "outputs": [t.name for t in src.tasks],
+            "output_kind": "logits: softmax for multi-class tasks, sigmoid per label for multi-label tasks",
+            "dynamic_axes": ["batch", "sequence"],
+            "quantization": quantization,
+            "sizes_bytes": {f: (staging / f).stat().st_size for f in files.values()},
+        },
+        "checks": checks,
+        "pytorch_files": bool(pytorch),
+        "backbone": src.meta.get("backbone"),
+        "source": str(source_path.resolve()),
+        "source_checkpoint": str(src.checkpoint) if src.checkpoint else src.meta.get("source_checkpoint"),
+        "epoch": src.meta.get("epoch"),
+        "val_loss": src.meta.get("val_loss"),
+        "git": src.meta.get("git"),
+        "versions": src.meta.get("versions"),
+        "export_versions": {**library_versions(), "onnx": onnx.__version__},
+        "exported_at": _dt.datetime.now().astimezone().isoformat(timespec="seconds"),
+    }
 
 
 def export_bundle(
@@ -391,108 +579,58 @@ def export_bundle(
     model.safetensors and emotrain_model.json (the PyTorch engine can then load the bundle).
     tokenizer: a tokenizer directory for a bare checkpoint whose backbone tokenizer cannot be found.
     Returns the bundle directory. Raises ExportCheckError (nothing written) when a check fails.
-    """
-    from emotrain.checkpointing import export_model
-    from emotrain.inference.source import load_source
-    from emotrain.reproducibility import library_versions
 
-    if not isinstance(opset, int) or isinstance(opset, bool) or not 13 <= opset <= 20:
-        raise EmotrainError(f"opset={opset!r}: use an ONNX opset between 13 and 20 (default {DEFAULT_OPSET})")
-    if not (isinstance(atol, (int, float)) and atol > 0):
-        raise EmotrainError(f"atol={atol!r}: must be a positive number (default {DEFAULT_ATOL:g})")
-    if not (isinstance(min_agreement, (int, float)) and 0.0 <= min_agreement <= 1.0):
-        raise EmotrainError(f"min_agreement={min_agreement!r}: must be a share in [0, 1] (default {DEFAULT_MIN_AGREEMENT:g})")
+    Steps: load the model, write the graphs (fp32, int8) into a staging directory, check them against
+    PyTorch, add the PyTorch files if asked, write bundle.json, then move the finished bundle into place.
+    """
+    from emotrain.inference.model_dir import export_model
+
+    _check_export_args(opset, atol, min_agreement)
     source_path = Path(checkpoint)
     out = Path(out) if out is not None else default_out_dir(source_path)
     _check_out_dir(out)
-    if isinstance(samples, (str, os.PathLike)):
-        texts = sample_texts(_read_samples(samples))
-    else:
-        texts = sample_texts(samples)
-
-    src = load_source(source_path, which=which, tokenizer=tokenizer)
-    hf_tok = src.tokenizer
-    if not getattr(hf_tok, "is_fast", False) or getattr(hf_tok, "backend_tokenizer", None) is None:
-        raise CheckpointError(f"{source_path}: the tokenizer is not a fast tokenizer; the bundle needs a {TOKENIZER_FILE}")
-    pad_id = hf_tok.pad_token_id if hf_tok.pad_token_id is not None else 0
-    names = [t.name for t in src.tasks]
-    clash = [n for n in names if n in ("input_ids", "attention_mask", "token_type_ids", "tasks", "truncated")]
-    if clash:
-        raise CheckpointError(f"task name {clash[0]!r} is reserved (an ONNX input or result key); rename the task and retrain")
+    texts = sample_texts(_read_samples(samples) if isinstance(samples, (str, os.PathLike)) else samples)
+    src = _load_exportable(source_path, which, tokenizer)
+    pad_id = src.tokenizer.pad_token_id if src.tokenizer.pad_token_id is not None else 0
     with_tt = _uses_token_type_ids(src.model)
+    steps = 1 + bool(quantize) + bool(check)
+    files = {"fp32": FP32_FILE, **({"int8": INT8_FILE} if quantize else {})}
 
     out.parent.mkdir(parents=True, exist_ok=True)
     staging = Path(tempfile.mkdtemp(prefix=f".{out.name}.", suffix=".tmp", dir=out.parent))
     try:
-        # Tokenizer files first: the trace's example input comes from the bundle's own tokenizer.
-        hf_tok.save_pretrained(str(staging))
-        if not (staging / TOKENIZER_FILE).is_file():
-            hf_tok.backend_tokenizer.save(str(staging / TOKENIZER_FILE))
-        example = hf_tok(["Hello there, how are you?", "I'm fine"], padding=True, return_tensors="np")
-        steps = 1 + bool(quantize) + bool(check)
-        log.info("export step 1/%d: tracing the fp32 ONNX graph (opset %d)", steps, opset)
-        _export_onnx(
-            src.model, staging / FP32_FILE, src.tasks, opset, with_tt,
-            np.asarray(example["input_ids"], dtype=np.int64), np.asarray(example["attention_mask"], dtype=np.int64),
+        quantization = _write_graphs(
+            src, staging, opset=opset, with_tt=with_tt, quantize=quantize, per_channel=per_channel, steps=steps
         )
-        if quantize:
-            log.info("export step 2/%d: quantising to int8 (onnxruntime dynamic, per_channel=%s)", steps, per_channel)
-        quantization = _quantize(staging / FP32_FILE, staging / INT8_FILE, per_channel) if quantize else None
-        checks = {"skipped": True}
-        if check:
-            log.info("export step %d/%d: checking the bundle against PyTorch on %d texts", steps, steps, len(texts))
-            checks = _self_check(src, staging, texts, quantized=bool(quantize), atol=float(atol), min_agreement=float(min_agreement), pad_id=pad_id)
-            if quantize:
-                log.info("export check: fp32 max |logit diff| %.2e (atol %g); int8 decision agreement %.1f%% (min %.0f%%)",
-                         checks["fp32"]["max_abs_diff_logits"], atol, 100 * checks["int8"]["decision_agreement"], 100 * min_agreement)
-            else:
-                log.info("export check: fp32 max |logit diff| %.2e (atol %g)", checks["fp32"]["max_abs_diff_logits"], atol)
-        else:
-            log.warning("export checks skipped (check=false): the bundle is not verified against PyTorch")
+        checks = _run_checks(
+            src,
+            staging,
+            texts,
+            check=check,
+            quantize=bool(quantize),
+            atol=float(atol),
+            min_agreement=float(min_agreement),
+            pad_id=pad_id,
+            steps=steps,
+        )
         if pytorch:
             if (source_path / "emotrain_model.json").is_file():
                 for name in PYTORCH_FILES:
                     shutil.copy2(source_path / name, staging / name)
             else:
-                export_model(src.checkpoint, staging, hf_tok, thresholds=src.thresholds)
-        files = {"fp32": FP32_FILE}
-        if quantize:
-            files["int8"] = INT8_FILE
-        import onnx
-
-        meta = {
-            "format": BUNDLE_FORMAT,
-            "format_version": BUNDLE_FORMAT_VERSION,
-            "tasks": [t.to_dict() for t in src.tasks],
-            "primary_task": src.primary_task,
-            "thresholds": src.thresholds,
-            "thresholds_source": src.thresholds_source,
-            "preprocess": Preprocessor.from_dict(src.meta.get("preprocess") or {}).to_dict(),
-            "max_length": src.max_length,
-            "pooling": src.meta.get("pooling"),
-            "tokenizer": {"file": TOKENIZER_FILE, "pad_token": hf_tok.pad_token, "pad_token_id": pad_id, "truncation": "right, to max_length tokens"},
-            "onnx": {
-                "files": files,
-                "opset": opset,
-                "inputs": ["input_ids", "attention_mask"] + (["token_type_ids"] if with_tt else []),
-                "outputs": names,
-                "output_kind": "logits: softmax for multi-class tasks, sigmoid per label for multi-label tasks",
-                "dynamic_axes": ["batch", "sequence"],
-                "quantization": quantization,
-                "sizes_bytes": {f: (staging / f).stat().st_size for f in files.values()},
-            },
-            "checks": checks,
-            "pytorch_files": bool(pytorch),
-            "backbone": src.meta.get("backbone"),
-            "source": str(source_path.resolve()),
-            "source_checkpoint": str(src.checkpoint) if src.checkpoint else src.meta.get("source_checkpoint"),
-            "epoch": src.meta.get("epoch"),
-            "val_loss": src.meta.get("val_loss"),
-            "git": src.meta.get("git"),
-            "versions": src.meta.get("versions"),
-            "export_versions": {**library_versions(), "onnx": onnx.__version__},
-            "exported_at": _dt.datetime.now().astimezone().isoformat(timespec="seconds"),
-        }
+                export_model(src.checkpoint, staging, src.tokenizer, thresholds=src.thresholds)
+        meta = _bundle_meta(
+            src,
+            source_path,
+            staging,
+            files=files,
+            opset=opset,
+            with_tt=with_tt,
+            quantization=quantization,
+            checks=checks,
+            pytorch=pytorch,
+            pad_id=pad_id,
+        )
         write_json(staging / BUNDLE_META, meta)
         publish_modes(staging)
         _install(staging, out)

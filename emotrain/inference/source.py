@@ -30,16 +30,13 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from emotrain.checkpointing import (
-    CHECKPOINT_DIR,
-    EXPORT_META,
-    _read_checkpoint,
-    export_model,
-    load_exported_model,
-    resolve_checkpoint,
-)
-from emotrain.errors import CheckpointError
-from emotrain.inference.bundle import BUNDLE_META, TaskInfo, normalize_thresholds, one_line
+from emotrain.checkpointing import CHECKPOINT_DIR, read_checkpoint, resolve_checkpoint
+from emotrain.data.types import TaskSpec
+from emotrain.errors import CheckpointError, EmotrainError
+from emotrain.inference.bundle import BUNDLE_META, normalize_thresholds
+from emotrain.inference.model_dir import EXPORT_META, export_model, load_exported_model
+from emotrain.results import METRICS_FILE, RunResult
+from emotrain.utils import one_line
 
 log = logging.getLogger("emotrain.inference")
 
@@ -51,7 +48,7 @@ class ModelSource:
     model: Any  # MultiTaskModel, eval mode
     tokenizer: Any  # transformers fast tokenizer
     meta: dict  # emotrain_model.json contents (tasks, primary_task, preprocess, max_length, git, versions, ...)
-    tasks: list[TaskInfo]
+    tasks: list[TaskSpec]
     thresholds: dict[str, list[float]]
     thresholds_source: str
     checkpoint: Path | None  # the checkpoint file the weights came from (None: only an export dir)
@@ -63,7 +60,10 @@ class ModelSource:
         value = self.meta.get("max_length")
         if isinstance(value, int) and value >= 2:
             return value
-        limits = [getattr(self.tokenizer, "model_max_length", None), getattr(self.model.encoder.config, "max_position_embeddings", None)]
+        limits = [
+            getattr(self.tokenizer, "model_max_length", None),
+            getattr(self.model.encoder.config, "max_position_embeddings", None),
+        ]
         limits = [x for x in limits if isinstance(x, int) and 2 <= x <= 100_000]
         return min(limits + [512])
 
@@ -95,11 +95,12 @@ def _run_dir_of_checkpoint(ckpt: Path) -> Path | None:
 
 
 def _run_thresholds(run_dir: Path) -> tuple[Any, str] | None:
-    metrics = run_dir / "metrics.json"
+    metrics = run_dir / METRICS_FILE
     if metrics.is_file():
-        data = _read_json(metrics)
-        if data is not None and "thresholds" in data:
-            return data["thresholds"], str(metrics)
+        try:
+            return RunResult.read(metrics).thresholds, str(metrics)
+        except EmotrainError:  # unreadable: fall back to the model export's copy
+            pass
     meta = run_dir / "model" / EXPORT_META
     if meta.is_file():
         data = _read_json(meta)
@@ -116,21 +117,30 @@ def _is_best_checkpoint(ckpt: Path, run_dir: Path) -> bool:
     return best.resolve() == ckpt.resolve()
 
 
-def _load_backbone_tokenizer(hyperparameters: dict, ckpt: Path):
-    """The training tokenizer of a bare checkpoint, from its backbone config."""
+def _load_backbone_tokenizer(raw: dict, ckpt: Path):
+    """The training tokenizer of a bare checkpoint: the directory its model_info names, else (checkpoints written
+    before model_info had it) its saved backbone config."""
     from omegaconf import OmegaConf
 
     from emotrain.models.backbones import load_tokenizer
 
+    tokenizer_dir = (raw.get("model_info") or {}).get("tokenizer_dir")
+    if tokenizer_dir and Path(tokenizer_dir).is_dir():
+        return _load_tokenizer_dir(Path(tokenizer_dir))
+    hyperparameters = raw.get("hyperparameters") or {}
     backbone = (hyperparameters or {}).get("backbone")
     root = ((hyperparameters or {}).get("paths") or {}).get("root_dir") or "."
     if not isinstance(backbone, dict):
-        raise CheckpointError(f"{ckpt}: has no backbone config to find its tokenizer; pass tokenizer=DIR (e.g. the run's model/ directory)")
+        raise CheckpointError(
+            f"{ckpt}: has no backbone config to find its tokenizer; pass tokenizer=DIR (e.g. the run's model/ "
+            "directory)"
+        )
     try:
         return load_tokenizer(OmegaConf.create(backbone), Path(root))
     except Exception as e:  # ConfigError, OSError, ...
         raise CheckpointError(
-            f"{ckpt}: cannot load the tokenizer of backbone {backbone.get('name')!r} ({type(e).__name__}: {one_line(e, 100)}); "
+            f"{ckpt}: cannot load the tokenizer of backbone {backbone.get('name')!r} ({type(e).__name__}: "
+            f"{one_line(e, 100)}); "
             "pass tokenizer=DIR (e.g. the run's model/ directory)"
         ) from None
 
@@ -141,7 +151,9 @@ def _load_tokenizer_dir(directory: Path):
     try:
         return AutoTokenizer.from_pretrained(str(directory), local_files_only=True)
     except Exception as e:
-        raise CheckpointError(f"{directory}: cannot load a tokenizer from it ({type(e).__name__}: {one_line(e, 100)})") from None
+        raise CheckpointError(
+            f"{directory}: cannot load a tokenizer from it ({type(e).__name__}: {one_line(e, 100)})"
+        ) from None
 
 
 def load_source(path, *, which: str = "best", tokenizer: str | Path | None = None) -> ModelSource:
@@ -155,7 +167,10 @@ def load_source(path, *, which: str = "best", tokenizer: str | Path | None = Non
     if path.is_dir():
         run_dir = path if _is_run_dir(path) else (path.parent if path.name == CHECKPOINT_DIR else None)
         if (path / "bundle.json").is_file() and not (path / CHECKPOINT_DIR).is_dir():
-            raise CheckpointError(f"{path}: a bundle without PyTorch weights; pass the run directory or checkpoint, or re-export with pytorch=true")
+            raise CheckpointError(
+                f"{path}: a bundle without PyTorch weights; pass the run directory or checkpoint, or re-export with "
+                "pytorch=true"
+            )
         try:
             ckpt = resolve_checkpoint(path, which)
         except CheckpointError:
@@ -167,9 +182,9 @@ def load_source(path, *, which: str = "best", tokenizer: str | Path | None = Non
             run_dir = ckpt.parent.parent
     else:
         ckpt = path
-    raw = _read_checkpoint(ckpt, "cpu")
+    raw = read_checkpoint(ckpt, "cpu")
     ckpt_run = run_dir or _run_dir_of_checkpoint(ckpt)
-    specs = [TaskInfo.from_dict(t) for t in raw.get("tasks") or []]
+    specs = [TaskSpec.from_dict(t) for t in raw.get("tasks") or []]
     if not specs:
         raise CheckpointError(f"{ckpt}: lists no tasks; use a checkpoint written by emotrain training")
     # Thresholds.
@@ -185,7 +200,7 @@ def load_source(path, *, which: str = "best", tokenizer: str | Path | None = Non
     elif ckpt_run is not None and (ckpt_run / "model" / "tokenizer_config.json").is_file():
         tok = _load_tokenizer_dir(ckpt_run / "model")
     else:
-        tok = _load_backbone_tokenizer(raw.get("hyperparameters") or {}, ckpt)
+        tok = _load_backbone_tokenizer(raw, ckpt)
     del raw
     # Build the model through a temporary slim export: one validated code path for both.
     tmp = Path(tempfile.mkdtemp(prefix="emotrain-source-"))
@@ -198,11 +213,11 @@ def load_source(path, *, which: str = "best", tokenizer: str | Path | None = Non
     finally:
         quiet.setLevel(level)
         shutil.rmtree(tmp, ignore_errors=True)
-    tasks = [TaskInfo.from_dict(t) for t in meta["tasks"]]
+    tasks = [TaskSpec.from_dict(t) for t in meta["tasks"]]
     return ModelSource(model, tok, meta, tasks, thresholds, source, ckpt.resolve(), ckpt_run, path)
 
 
-def _thresholds(tasks: list[TaskInfo], found: tuple[Any, str] | None) -> tuple[dict, str]:
+def _thresholds(tasks: list[TaskSpec], found: tuple[Any, str] | None) -> tuple[dict, str]:
     if not any(t.multilabel for t in tasks):
         return {}, "none (no multi-label task)"
     if found is None:
@@ -218,7 +233,7 @@ def _from_export_dir(directory: Path, tokenizer) -> ModelSource:
     model, tok, meta = load_exported_model(directory)
     if tokenizer is not None:
         tok = _load_tokenizer_dir(Path(tokenizer))
-    tasks = [TaskInfo.from_dict(t) for t in meta["tasks"]]
+    tasks = [TaskSpec.from_dict(t) for t in meta["tasks"]]
     found = None
     bundle_meta = directory / BUNDLE_META
     if bundle_meta.is_file():

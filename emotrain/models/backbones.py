@@ -6,7 +6,15 @@ import logging
 import os
 from pathlib import Path
 
-from transformers import AutoConfig, AutoModel, AutoTokenizer, BertConfig, BertModel, PreTrainedModel, PreTrainedTokenizerBase
+from transformers import (
+    AutoConfig,
+    AutoModel,
+    AutoTokenizer,
+    BertConfig,
+    BertModel,
+    PreTrainedModel,
+    PreTrainedTokenizerBase,
+)
 
 from emotrain.config import check_range, choice
 from emotrain.errors import ConfigError
@@ -53,7 +61,10 @@ def validate_backbone_config(backbone_cfg) -> None:
         for key in ("hidden_size", "num_layers", "num_heads", "intermediate_size"):
             check_range(f"backbone.{key}", backbone_cfg[key], ge=1, integer=True)
         if backbone_cfg.hidden_size % backbone_cfg.num_heads:
-            raise ConfigError(f"backbone.hidden_size={backbone_cfg.hidden_size} must be divisible by backbone.num_heads={backbone_cfg.num_heads}")
+            raise ConfigError(
+                f"backbone.hidden_size={backbone_cfg.hidden_size} must be divisible by "
+                f"backbone.num_heads={backbone_cfg.num_heads}"
+            )
 
 
 # Position ids of these families start after the padding index, so two positions are not usable.
@@ -79,7 +90,8 @@ def check_max_length(backbone_cfg, root_dir: Path) -> None:
     limit = max_positions(config)
     if limit is not None and backbone_cfg.max_length > limit:
         raise ConfigError(
-            f"backbone.max_length={backbone_cfg.max_length}: {backbone_cfg.name} has position embeddings for {limit} tokens; "
+            f"backbone.max_length={backbone_cfg.max_length}: {backbone_cfg.name} has position embeddings for {limit} "
+            "tokens; "
             f"use backbone.max_length={limit} or less"
         )
 
@@ -129,7 +141,9 @@ def encoder_layers(encoder: PreTrainedModel) -> list:
         except AttributeError:
             continue
         return list(obj)
-    raise ConfigError(f"cannot find the transformer layers of {type(encoder).__name__}; freeze options need a BERT-like encoder")
+    raise ConfigError(
+        f"cannot find the transformer layers of {type(encoder).__name__}; freeze options need a BERT-like encoder"
+    )
 
 
 def encoder_embeddings(encoder: PreTrainedModel):

@@ -79,12 +79,24 @@ def _write_merged_weight(module: CompactWordEmbedding, state_dict: dict, prefix:
     state_dict[prefix + "weight"] = module.merged_weight()
 
 
-def _read_merged_weight(module: CompactWordEmbedding, state_dict: dict, prefix: str, local_metadata, strict, missing_keys, unexpected_keys, error_msgs) -> None:
+def _read_merged_weight(
+    module: CompactWordEmbedding,
+    state_dict: dict,
+    prefix: str,
+    local_metadata,
+    strict,
+    missing_keys,
+    unexpected_keys,
+    error_msgs,
+) -> None:
     weight = state_dict.pop(prefix + "weight", None)
     if weight is None:
         return  # load_state_dict reports the missing key
     if tuple(weight.shape) != (module.num_embeddings, module.embedding_dim):
-        error_msgs.append(f"size mismatch for {prefix}weight: copying a param with shape {tuple(weight.shape)}, the model has {(module.num_embeddings, module.embedding_dim)}")
+        error_msgs.append(
+            f"size mismatch for {prefix}weight: copying a param with shape {tuple(weight.shape)}, the model has "
+            f"{(module.num_embeddings, module.embedding_dim)}"
+        )
         return
     weight = weight.detach().to(module.fixed.device, module.fixed.dtype)
     module.fixed = weight.clone()
@@ -98,8 +110,16 @@ def compact_word_embeddings(encoder: nn.Module, train_input_ids: list[np.ndarray
     or its weight is shared with another parameter (e.g. tied to an output layer).
     """
     embedding = encoder.get_input_embeddings()
-    if type(embedding) is not nn.Embedding or embedding.max_norm is not None or embedding.sparse or embedding.scale_grad_by_freq:
-        log.info("trainer.compact_embeddings: the input embedding is a %s, not a plain nn.Embedding; all rows train", type(embedding).__name__)
+    if (
+        type(embedding) is not nn.Embedding
+        or embedding.max_norm is not None
+        or embedding.sparse
+        or embedding.scale_grad_by_freq
+    ):
+        log.info(
+            "trainer.compact_embeddings: the input embedding is a %s, not a plain nn.Embedding; all rows train",
+            type(embedding).__name__,
+        )
         return None
     shared = [n for n, p in encoder.named_parameters(remove_duplicate=False) if p is embedding.weight]
     if len(shared) > 1:
@@ -111,5 +131,10 @@ def compact_word_embeddings(encoder: nn.Module, train_input_ids: list[np.ndarray
         rows = rows[rows != embedding.padding_idx]  # nn.Embedding never trains the padding row
     compact = CompactWordEmbedding(embedding, rows)
     encoder.set_input_embeddings(compact)
-    log.info("word embeddings: %d of %d rows train (the tokens of the training data; trainer.compact_embeddings)", len(rows), compact.num_embeddings, extra=FILE_ONLY)
+    log.info(
+        "word embeddings: %d of %d rows train (the tokens of the training data; trainer.compact_embeddings)",
+        len(rows),
+        compact.num_embeddings,
+        extra=FILE_ONLY,
+    )
     return compact

@@ -55,3 +55,14 @@ class MultiTaskModel(nn.Module):
             z = logits[t.name].float()
             out[t.name] = torch.sigmoid(z) if t.multilabel else torch.softmax(z, dim=-1)
         return out
+
+
+def build_model(
+    backbone_cfg, tasks: list[TaskSpec], *, vocab_size: int, dropout: float, root_dir, device
+) -> MultiTaskModel:
+    """The encoder of conf/backbone (offline) with one head per task, on `device`."""
+    from emotrain.config import choice
+    from emotrain.models.backbones import load_encoder
+
+    encoder = load_encoder(backbone_cfg, root_dir, vocab_size=vocab_size, device_type=device.type)
+    return MultiTaskModel(encoder, tasks, pooling=choice(backbone_cfg.pooling), dropout=dropout).to(device)

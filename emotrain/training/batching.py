@@ -31,7 +31,8 @@ class EncodedSplit(Dataset):
 
 
 def encode_texts(tokenizer, texts: list[str], max_length: int, chunk: int = 4096, on_chunk=None) -> list[np.ndarray]:
-    """Token ids per text, truncated to max_length, no padding (fast tokenizer, batched); `on_chunk(n)` after each chunk."""
+    """Token ids per text, truncated to max_length, no padding (fast tokenizer, batched); `on_chunk(n)` after
+    each chunk."""
     out: list[np.ndarray] = []
     for start in range(0, len(texts), chunk):
         enc = tokenizer(texts[start : start + chunk], truncation=True, max_length=max_length, padding=False)
@@ -61,7 +62,17 @@ class LengthGroupedBatchSampler(Sampler[list[int]]):
     many real examples each of its batches holds (0 for padding) and the global batch size.
     """
 
-    def __init__(self, lengths: np.ndarray, batch_size: int, shuffle: bool, group_by_length: bool, seed: int, pool_batches: int = 50, rank: int = 0, world_size: int = 1):
+    def __init__(
+        self,
+        lengths: np.ndarray,
+        batch_size: int,
+        shuffle: bool,
+        group_by_length: bool,
+        seed: int,
+        pool_batches: int = 50,
+        rank: int = 0,
+        world_size: int = 1,
+    ):
         self.lengths = np.asarray(lengths)
         self.batch_size = int(batch_size)
         self.shuffle = shuffle
@@ -147,14 +158,28 @@ class Collator:
         }
 
 
-def make_loader(data: EncodedSplit, pad_token_id: int, batch_size: int, shuffle: bool, group_by_length: bool, seed: int, rank: int = 0, world_size: int = 1) -> DataLoader:
-    """`batch_size` per rank; with world_size > 1 this rank's share of the global batches (see LengthGroupedBatchSampler)."""
-    sampler = LengthGroupedBatchSampler(data.lengths, batch_size, shuffle, group_by_length, seed, rank=rank, world_size=world_size)
+def make_loader(
+    data: EncodedSplit,
+    pad_token_id: int,
+    batch_size: int,
+    shuffle: bool,
+    group_by_length: bool,
+    seed: int,
+    rank: int = 0,
+    world_size: int = 1,
+) -> DataLoader:
+    """`batch_size` per rank; with world_size > 1 this rank's share of the global batches
+    (see LengthGroupedBatchSampler)."""
+    sampler = LengthGroupedBatchSampler(
+        data.lengths, batch_size, shuffle, group_by_length, seed, rank=rank, world_size=world_size
+    )
     # Its own generator: an iterator otherwise draws a base seed from the global torch RNG,
     # and then evaluations or cache fills would shift the dropout stream of training.
     generator = torch.Generator().manual_seed(int(seed))
     # Workers would only re-pad in-memory arrays: not worth a process each.
-    return DataLoader(data, batch_sampler=sampler, collate_fn=Collator(data, pad_token_id), num_workers=0, generator=generator)
+    return DataLoader(
+        data, batch_sampler=sampler, collate_fn=Collator(data, pad_token_id), num_workers=0, generator=generator
+    )
 
 
 def targets_to_tensors(tasks: list[TaskSpec], targets: dict, device) -> dict[str, torch.Tensor]:

@@ -67,7 +67,13 @@ def _load_npz(path: Path) -> dict | None:
     try:
         with np.load(path, allow_pickle=False) as z:
             return {k: z[k] for k in z.files}
-    except (OSError, ValueError, EOFError, zipfile.BadZipFile, KeyError) as e:  # a damaged cache file is recomputed, never trusted
+    except (
+        OSError,
+        ValueError,
+        EOFError,
+        zipfile.BadZipFile,
+        KeyError,
+    ) as e:  # a damaged cache file is recomputed, never trusted
         log.warning("ignoring unreadable cache file %s (%s)", path, type(e).__name__)
         return None
 
@@ -133,7 +139,9 @@ class FeatureCache:
 
     def lookup(self, texts: list[str], compute) -> tuple[np.ndarray, int]:
         """Features for `texts`; `compute(missing_indices)` fills the gaps. Returns (features, #computed)."""
-        keys = [hashlib.sha1(self.model_key.encode() + b"\0" + t.encode("utf-8", "surrogatepass")).digest() for t in texts]
+        keys = [
+            hashlib.sha1(self.model_key.encode() + b"\0" + t.encode("utf-8", "surrogatepass")).digest() for t in texts
+        ]
         table = self._load_all()
         missing = sorted({i for i, k in enumerate(keys) if k not in table})
         if missing:
@@ -142,7 +150,56 @@ class FeatureCache:
                 table[keys[i]] = row
             if self.dir is not None:
                 try:
-                    _save_npz(self.dir / f"{uuid.uuid4().hex}.npz", keys=digest_matrix([keys[i] for i in missing]), features=np.asarray(new, dtype=np.float32))
+                    _save_npz(
+                        self.dir / f"{uuid.uuid4().hex}.npz",
+                        keys=digest_matrix([keys[i] for i in missing]),
+                        features=np.asarray(new, dtype=np.float32),
+                    )
                 except OSError as e:
                     log.warning("could not write feature cache in %s (%s); continuing without it", self.dir, e)
         return np.stack([table[k] for k in keys]).astype(np.float32), len(missing)
+
+
+def frozen_features(
+    model,
+    encoded: dict,
+    texts: dict,
+    cache: FeatureCache,
+    *,
+    pad_id: int,
+    batch_size: int,
+    mp,
+    device,
+    show_progress: bool,
+) -> dict:
+    """Pooled outputs of the frozen encoder for every split ({name: EncodedSplit}), computed once and cached on disk."""
+    from emotrain.console import FILE_ONLY, progress
+    from emotrain.training.batching import EncodedSplit, make_loader
+
+    out = {}
+    model.eval()
+    for name, data in encoded.items():
+
+        @torch.no_grad()
+        def compute(indices, data=data, name=name):
+            subset = EncodedSplit([data.input_ids[i] for i in indices], {})
+            loader = make_loader(subset, pad_id, batch_size, shuffle=False, group_by_length=True, seed=0)
+            feats = np.zeros((len(indices), model.encoder.config.hidden_size), dtype=np.float32)
+            for batch in progress(
+                loader, desc=f"encoding {name} (frozen encoder)", unit="batches", enabled=show_progress
+            ):
+                with mp.autocast():
+                    pooled = model.encode(batch["input_ids"].to(device), batch["attention_mask"].to(device))
+                feats[batch["indices"].numpy()] = pooled.float().cpu().numpy()
+            return feats
+
+        out[name], computed = cache.lookup(texts[name], compute)
+        log.info(
+            "frozen-encoder features for %s: %d from cache, %d computed",
+            name,
+            len(texts[name]) - computed,
+            computed,
+            extra=FILE_ONLY,
+        )
+    model.train()
+    return out

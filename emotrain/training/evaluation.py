@@ -9,11 +9,26 @@ from emotrain.console import progress
 from emotrain.data.types import TaskSpec
 from emotrain.training.batching import EncodedSplit, make_loader
 from emotrain.training.metrics import evaluate_predictions
+from emotrain.utils import is_better
 
 
 @torch.no_grad()
-def evaluate(model, criterion, data: EncodedSplit, tasks: list[TaskSpec], *, pad_token_id: int, batch_size: int, device, mp, thresholds=None, features=None,
-             rank: int = 0, world_size: int = 1, progress_desc: str | None = None) -> tuple[dict, dict, dict]:
+def evaluate(
+    model,
+    criterion,
+    data: EncodedSplit,
+    tasks: list[TaskSpec],
+    *,
+    pad_token_id: int,
+    batch_size: int,
+    device,
+    mp,
+    thresholds=None,
+    features=None,
+    rank: int = 0,
+    world_size: int = 1,
+    progress_desc: str | None = None,
+) -> tuple[dict, dict, dict]:
     """Returns (flat metrics, per-class tables, {task: probabilities [n, C]} in input order).
 
     `features`: cached pooled encoder outputs [n, H] (frozen encoder), used instead of the encoder.
@@ -78,11 +93,7 @@ class EarlyStopping:
         self.bad_evals = 0
 
     def improved(self, value: float) -> bool:
-        if self.best is None:
-            return True
-        if self.mode == "min":
-            return value < self.best - self.min_delta
-        return value > self.best + self.min_delta
+        return is_better(value, self.best, self.mode, self.min_delta)
 
     def step(self, value: float) -> bool:
         """Record one evaluation; True when training should stop."""

@@ -21,7 +21,9 @@ def validate_freeze_config(freeze_cfg) -> None:
 def validate_freeze(freeze_cfg, num_layers: int) -> None:
     mode = choice(freeze_cfg.mode)
     if mode == "partial" and not 0 <= freeze_cfg.layers <= num_layers:
-        raise ConfigError(f"freeze.layers={freeze_cfg.layers}: the encoder has {num_layers} layers; use 0..{num_layers}")
+        raise ConfigError(
+            f"freeze.layers={freeze_cfg.layers}: the encoder has {num_layers} layers; use 0..{num_layers}"
+        )
     if mode == "progressive" and freeze_cfg.every < 1:
         raise ConfigError(f"freeze.every={freeze_cfg.every}: must be >= 1")
 

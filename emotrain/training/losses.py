@@ -20,11 +20,15 @@ from emotrain.errors import ConfigError
 log = logging.getLogger(__name__)
 
 
-def focal_loss_multiclass(logits, target, gamma: float, alpha: torch.Tensor | None, weight: torch.Tensor | None, label_smoothing: float = 0.0):
+def focal_loss_multiclass(
+    logits, target, gamma: float, alpha: torch.Tensor | None, weight: torch.Tensor | None, label_smoothing: float = 0.0
+):
     """Softmax focal loss: mean over examples of -alpha_y * (1 - p_y)^gamma * CE (Lin et al. 2017)."""
     logp = F.log_softmax(logits.float(), dim=-1)
-    ce = F.nll_loss(logp, target, reduction="none") if label_smoothing == 0 else F.cross_entropy(
-        logits.float(), target, reduction="none", label_smoothing=label_smoothing
+    ce = (
+        F.nll_loss(logp, target, reduction="none")
+        if label_smoothing == 0
+        else F.cross_entropy(logits.float(), target, reduction="none", label_smoothing=label_smoothing)
     )
     p_y = logp.gather(1, target[:, None]).squeeze(1).exp()
     loss = (1.0 - p_y).pow(gamma) * ce
@@ -37,11 +41,19 @@ def focal_loss_multiclass(logits, target, gamma: float, alpha: torch.Tensor | No
 
 
 def reduce_labels(per_label: torch.Tensor, label_reduction: str) -> torch.Tensor:
-    """(examples, labels) losses -> one number: mean over examples of the sum (label_reduction=sum) or mean over labels."""
+    """(examples, labels) losses -> one number: mean over examples of the sum (label_reduction=sum) or mean
+    over labels."""
     return per_label.sum(-1).mean() if label_reduction == "sum" else per_label.mean()
 
 
-def focal_loss_multilabel(logits, target, gamma: float, alpha: torch.Tensor | None, pos_weight: torch.Tensor | None, label_reduction: str = "mean"):
+def focal_loss_multilabel(
+    logits,
+    target,
+    gamma: float,
+    alpha: torch.Tensor | None,
+    pos_weight: torch.Tensor | None,
+    label_reduction: str = "mean",
+):
     """Sigmoid focal loss per label; gamma=0, alpha=None is plain BCE.
 
     Averaged over examples; over labels averaged (label_reduction=mean) or summed (sum).
@@ -57,12 +69,15 @@ def focal_loss_multilabel(logits, target, gamma: float, alpha: torch.Tensor | No
 
 
 def _check_weights(key: str, value, *, scalar_ok: bool, per_task: bool = True) -> None:
-    """class_weights / alpha: null, 'balanced' (class_weights), a scalar (alpha), a list of numbers >= 0, or {task: one of those}."""
+    """class_weights / alpha: null, 'balanced' (class_weights), a scalar (alpha), a list of numbers >= 0,
+    or {task: one of those}."""
     if value is None:
         return
     if isinstance(value, str):
         if scalar_ok or value != "balanced":
-            raise ConfigError(f"{key}={value!r}: use null, {'a number' if scalar_ok else repr('balanced')} or a list of numbers >= 0")
+            raise ConfigError(
+                f"{key}={value!r}: use null, {'a number' if scalar_ok else repr('balanced')} or a list of numbers >= 0"
+            )
         return
     if hasattr(value, "keys"):
         if not per_task:
@@ -141,7 +156,16 @@ def alpha_tensor(spec, task: TaskSpec) -> torch.Tensor | None:
 
 
 class TaskLoss(nn.Module):
-    def __init__(self, task: TaskSpec, kind: str, gamma: float, alpha, class_weight, label_smoothing: float, label_reduction: str = "mean"):
+    def __init__(
+        self,
+        task: TaskSpec,
+        kind: str,
+        gamma: float,
+        alpha,
+        class_weight,
+        label_smoothing: float,
+        label_reduction: str = "mean",
+    ):
         super().__init__()
         self.task = task
         self.kind = kind
@@ -154,11 +178,17 @@ class TaskLoss(nn.Module):
     def forward(self, logits: torch.Tensor, target: torch.Tensor) -> torch.Tensor:
         if self.task.multilabel:
             if self.kind == "focal":
-                return focal_loss_multilabel(logits, target, self.gamma, self.alpha, self.class_weight, self.label_reduction)
-            bce = F.binary_cross_entropy_with_logits(logits.float(), target, pos_weight=self.class_weight, reduction="none")
+                return focal_loss_multilabel(
+                    logits, target, self.gamma, self.alpha, self.class_weight, self.label_reduction
+                )
+            bce = F.binary_cross_entropy_with_logits(
+                logits.float(), target, pos_weight=self.class_weight, reduction="none"
+            )
             return reduce_labels(bce, self.label_reduction)
         if self.kind == "focal":
-            return focal_loss_multiclass(logits, target, self.gamma, self.alpha, self.class_weight, self.label_smoothing)
+            return focal_loss_multiclass(
+                logits, target, self.gamma, self.alpha, self.class_weight, self.label_smoothing
+            )
         return F.cross_entropy(logits.float(), target, weight=self.class_weight, label_smoothing=self.label_smoothing)
 
 
@@ -186,7 +216,12 @@ class MultiTaskLoss(nn.Module):
             raise ConfigError(f"loss.gamma={gamma}: must be >= 0")
         for key in ("class_weights", "alpha"):
             value = loss_cfg.get(key)
-            if len(tasks) > 1 and value is not None and not isinstance(value, (str, int, float)) and not hasattr(value, "keys"):
+            if (
+                len(tasks) > 1
+                and value is not None
+                and not isinstance(value, (str, int, float))
+                and not hasattr(value, "keys")
+            ):
                 raise ConfigError(
                     f"loss.{key}: a plain list is for single-task runs; with tasks {', '.join(t.name for t in tasks)} "
                     f"give one list per task, e.g. 'loss.{key}={{{tasks[0].name}: [...]}}'"
@@ -233,3 +268,10 @@ class MultiTaskLoss(nn.Module):
 def class_counts(tasks: list[TaskSpec], targets: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
     """{task: examples per class (multi-class) or positives per label (multi-label)}."""
     return {t.name: count_classes(targets[t.name], t.num_labels) for t in tasks}
+
+
+def build_loss(
+    loss_cfg, tasks: list[TaskSpec], train_targets: dict[str, np.ndarray], n_train: int, device
+) -> MultiTaskLoss:
+    """The criterion for conf/loss: class counts of the training split feed 'balanced' weights."""
+    return MultiTaskLoss(tasks, loss_cfg, class_counts(tasks, train_targets), n_train).to(device)

@@ -47,7 +47,14 @@ def task_metrics(task: TaskSpec, probs: np.ndarray, targets: np.ndarray, thresho
     return scalars, per_class
 
 
-def evaluate_predictions(tasks: list[TaskSpec], probs: dict, targets: dict, losses: dict[str, float], total_loss: float, thresholds: dict | None = None) -> tuple[dict, dict]:
+def evaluate_predictions(
+    tasks: list[TaskSpec],
+    probs: dict,
+    targets: dict,
+    losses: dict[str, float],
+    total_loss: float,
+    thresholds: dict | None = None,
+) -> tuple[dict, dict]:
     """Flat scalar metrics over all tasks plus {task: per-class table}."""
     flat: dict[str, float] = {"loss": float(total_loss)}
     per_class: dict[str, dict] = {}

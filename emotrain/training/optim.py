@@ -42,7 +42,9 @@ def validate_optim_config(optim_cfg) -> None:
         check_range(f"optim.betas[{i}]", beta, ge=0, lt=1)
 
 
-def build_optimizer(model: nn.Module, optim_cfg, extra_params: list[nn.Parameter] = (), device: torch.device | None = None) -> torch.optim.Optimizer:
+def build_optimizer(
+    model: nn.Module, optim_cfg, extra_params: list[nn.Parameter] = (), device: torch.device | None = None
+) -> torch.optim.Optimizer:
     validate_optim_config(optim_cfg)
     num_layers = len(encoder_layers(model.encoder))
     head_lr = optim_cfg.head_lr or optim_cfg.lr
@@ -57,4 +59,6 @@ def build_optimizer(model: nn.Module, optim_cfg, extra_params: list[nn.Parameter
     if extra_params:  # e.g. learned task-uncertainty weights
         param_groups.append({"params": list(extra_params), "lr": head_lr, "weight_decay": 0.0})
     fused = bool(optim_cfg.fused) and device is not None and device.type in ("cuda", "cpu")
-    return torch.optim.AdamW(param_groups, lr=optim_cfg.lr, betas=tuple(optim_cfg.betas), eps=optim_cfg.eps, fused=fused or None)
+    return torch.optim.AdamW(
+        param_groups, lr=optim_cfg.lr, betas=tuple(optim_cfg.betas), eps=optim_cfg.eps, fused=fused or None
+    )

@@ -10,6 +10,7 @@ import logging
 from functools import lru_cache
 
 import torch
+
 from emotrain.config import choice
 
 log = logging.getLogger(__name__)
@@ -67,11 +68,11 @@ def clip_grad_norm(params, max_norm: float) -> torch.Tensor:
 class MixedPrecisionTrainer:
     """autocast + GradScaler, with the step order mixed-precision training requires.
 
-        with mp.autocast():
-            loss = model(...)
-        mp.scale_loss(loss).backward()
-        grad_norm = mp.step(optimizer, params, max_grad_norm)   # unscale -> clip -> step
-        mp.update()                                             # scaler update
+    with mp.autocast():
+        loss = model(...)
+    mp.scale_loss(loss).backward()
+    grad_norm = mp.step(optimizer, params, max_grad_norm)   # unscale -> clip -> step
+    mp.update()                                             # scaler update
     """
 
     def __init__(self, device: torch.device, precision: str):

@@ -44,5 +44,7 @@ def build_scheduler(optimizer, sched_cfg, total_steps: int):
     if kind == "cosine_restarts":
         if sched_cfg.num_cycles < 1:
             raise ConfigError(f"scheduler.num_cycles={sched_cfg.num_cycles}: must be >= 1")
-        return get_cosine_with_hard_restarts_schedule_with_warmup(optimizer, warm, total_steps, num_cycles=sched_cfg.num_cycles)
+        return get_cosine_with_hard_restarts_schedule_with_warmup(
+            optimizer, warm, total_steps, num_cycles=sched_cfg.num_cycles
+        )
     raise ConfigError(f"scheduler.kind={kind}: unknown; use linear, cosine, constant or cosine_restarts")
