@@ -2,11 +2,10 @@
 
     python bench/speed_switches.py [--repeats 3] [--n 1000] [--skip-default-job] [--skip-throughput]
 
-Switches: trainer.compact_embeddings (only the word-embedding rows of training tokens train) and
-the CPU clipping shortcut (emotrain.training.precision.clip_grad_norm skips multiplying every
-gradient by a clip factor of 1; off = torch.nn.utils.clip_grad_norm_, patched in for the run).
-A switch stays only if switching it off costs at least 5% in these runs (the project's rule).
-trainer.fast_dropout and trainer.keep_host_memory were measured this way and removed (BENCHMARKS.md).
+Switch: trainer.compact_embeddings (only the word-embedding rows of training tokens train). A switch
+stays only if switching it off costs at least 5% in these runs (the project's rule). The fast
+dropout, the heap reuse and the CPU clipping shortcut were measured this way and removed
+(BENCHMARKS.md; the clipping shortcut's A/B patched torch's clip_grad_norm_ in at commit dac1f69).
 
 1. The default job, `python -m emotrain` (MiniLM-L6, the sample data, 6 epochs): the run's
    training samples/s (metrics.json train_samples_per_s, evaluation excluded) and its wall time.
@@ -36,18 +35,8 @@ sys.path.insert(0, str(HERE))
 from machine import cpu, describe  # noqa: E402
 from train_throughput import EMOTRAIN_CHILD, child  # noqa: E402
 
-TORCH_CLIP = "torch clipping"  # not a config key: the bench patches torch's clip_grad_norm_ in
-SWITCHES = {"compact embeddings": ["trainer.compact_embeddings=false"], "clipping shortcut": [TORCH_CLIP]}
+SWITCHES = {"compact embeddings": ["trainer.compact_embeddings=false"]}
 CONFIGS = {"defaults": [], **{f"no {name}": extra for name, extra in SWITCHES.items()}}
-PATCH = (
-    "import torch, emotrain.training.precision as _p\n"
-    "_p.clip_grad_norm = lambda params, max_norm: torch.nn.utils.clip_grad_norm_(params, max_norm)\n"
-)
-CLI = "import sys\nfrom emotrain.__main__ import main\nsys.argv = ['emotrain', *sys.argv[1:]]\nmain()\n"
-
-
-def _split(extra: list[str]) -> tuple[list[str], bool]:
-    return [e for e in extra if e != TORCH_CLIP], TORCH_CLIP in extra
 
 
 def default_job(extra: list[str], work: Path) -> dict:
@@ -59,13 +48,12 @@ def default_job(extra: list[str], work: Path) -> dict:
         "PYTHONPATH": str(REPO),
         "EMOTRAIN_CACHE": str(work / "cache"),
     }
-    overrides, torch_clip = _split(extra)
     proc = subprocess.run(
         [
             sys.executable,
-            "-c",
-            (PATCH if torch_clip else "") + CLI,
-            *overrides,
+            "-m",
+            "emotrain",
+            *extra,
             "trainer.progress=false",
             "checkpoint=none",
             "report=false",
@@ -147,9 +135,9 @@ def main() -> None:
                             "batch_size": 32,
                             "max_length": 64,
                             "lr": 1e-4,
-                            "extra": _split(extra)[0],
+                            "extra": extra,
                         }
-                        r = child((PATCH if _split(extra)[1] else "") + EMOTRAIN_CHILD, cfg)
+                        r = child(EMOTRAIN_CHILD, cfg)
                         results[name].append(r)
                         print(
                             f"  throughput {p} [{rep + 1}/{args.repeats}] {name:<24} {r['samples_per_s']:7.1f} "

@@ -64,9 +64,11 @@ def os_error_message(e: OSError, *, run_dir: bool = False) -> str:
     if e.filename2 is not None:
         where = f"{where} -> {e.filename2}"
     what = e.strerror or type(e).__name__
-    fix = os_error_advice(
-        e.errno, where="hydra.run.dir=DIR, or hydra.sweep.dir=DIR with -m" if run_dir else "hydra.run.dir=DIR"
-    )
+    if e.errno in (errno.ENOTDIR, errno.EEXIST):  # any of the output locations may be the one under a file
+        settings = "hydra.run.dir=DIR, paths.output_dir, paths.cache_dir"
+    else:
+        settings = "hydra.run.dir=DIR, or hydra.sweep.dir=DIR with -m" if run_dir else "hydra.run.dir=DIR"
+    fix = os_error_advice(e.errno, where=settings)
     if e.errno in (errno.ENOSPC, getattr(errno, "EDQUOT", -1)):
         fix += "; a run stopped by this continues with resume=<its run dir>"
     if run_dir:

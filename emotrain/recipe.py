@@ -382,7 +382,7 @@ class TrainingRecipe:
         )
 
     def _setup_optimizer(self, optim_cfg, scheduler_cfg) -> None:
-        """AdamW over the model and the learned task weights; batches; the lr schedule over the run's optimiser steps."""
+        """AdamW over the model and the learned task weights; batches; the lr schedule over the optimiser steps."""
         t = self.cfg.trainer
         self.optimizer = build_optimizer(self.model, optim_cfg, list(self.criterion.parameters()), self.device)
         self.params = [p for g in self.optimizer.param_groups for p in g["params"]]
@@ -778,7 +778,8 @@ class TrainingRecipe:
         return self.thresholds.thresholds(self.tasks, probs, self.val_data.targets)
 
     def _test(self, thresholds: dict, run: bool) -> tuple[dict, dict, dict, dict]:
-        """Test metrics of the loaded weights: at `thresholds`, the same probabilities at 0.5, per class, confusion inputs."""
+        """Test metrics of the loaded weights: at `thresholds`, the same probabilities at 0.5, per class, and the
+        confusion matrices' inputs."""
         if self.test_data is None or not run:
             return {}, {}, {}, {}
         metrics, per_class, probs = self.evaluate(self.test_data, thresholds=thresholds)
@@ -814,7 +815,8 @@ class TrainingRecipe:
     def save(self, status: str = "completed", error: str | None = None) -> dict:
         """Test the best weights; write metrics.json, the report and the export.
 
-        status="diverged" (run() after TrainingDiverged): the results so far, with `error`; no export, tracker left open.
+        status="diverged" (run() after TrainingDiverged): the results so far, with `error`; no export, tracker
+        left open.
         """
         cfg, state = self.cfg, self.state
         self.model.load_state_dict(self.best_weights)

@@ -13,8 +13,8 @@ import pytest
 
 from conftest import QUICK, TINY, run_emotrain, train
 
-# The reproduction: a monitor other than the loss, a high lr; seed 2: the lowest-loss epoch (2) differs
-# from the best (8).
+# The reproduction: a monitor other than the loss, a high lr; seed 4: the lowest-loss epoch (2) differs
+# from the best (7).
 MONITORED = [
     *TINY,
     "trainer.epochs=10",
@@ -24,7 +24,7 @@ MONITORED = [
     "deterministic=true",
     "trainer.num_threads=1",
     "trainer.progress=true",
-    "seed=2",
+    "seed=4",
 ]
 
 

@@ -104,8 +104,8 @@ def resolve_attention(requested, device_type: str) -> str:
     """The attention kernel for `backbone.attention` on a device.
 
     auto: eager on CPU, sdpa elsewhere. On CPU, eager is at least as fast in bench/attention.py
-    and faster where torch's flash-attention backward runs (dropout-free bf16 steps 1.20-1.28x,
-    bf16 inference 1.06-1.14x, fp32 training 1.07x); on GPU, sdpa's fused kernels win.
+    and faster where torch's flash-attention backward runs (bench/attention.py; figures in BENCHMARKS.md); on GPU,
+    sdpa's fused kernels win.
     """
     requested = choice(requested)
     if requested == "auto":

@@ -71,7 +71,8 @@ class CompactWordEmbedding(nn.Module):
         optimizer.register_step_post_hook(after_step)
 
     def extra_repr(self) -> str:
-        return f"{self.num_embeddings}, {self.embedding_dim}, training {len(self.rows)} rows, padding_idx={self.padding_idx}"
+        rows = f"training {len(self.rows)} rows"
+        return f"{self.num_embeddings}, {self.embedding_dim}, {rows}, padding_idx={self.padding_idx}"
 
 
 def _write_merged_weight(module: CompactWordEmbedding, state_dict: dict, prefix: str, local_metadata) -> None:

@@ -53,18 +53,6 @@ def resolve_precision(requested: str, device: torch.device) -> tuple[str, str | 
     return requested, None
 
 
-def clip_grad_norm(params, max_norm: float) -> torch.Tensor:
-    """torch.nn.utils.clip_grad_norm_, except that on CPU the gradients are left alone when the clip factor is 1
-    (norm within max_norm, the usual case when fine-tuning) instead of all being multiplied by 1: one pass over
-    every gradient saved. Returns the total norm before clipping; gradients end up bit-identical to torch's."""
-    grads = [p.grad for p in params if p.grad is not None]
-    total = torch.nn.utils.get_total_norm(grads)
-    # torch scales by min(1, max_norm / (total + 1e-6)), computed as here; reading it is free on CPU, a sync on a GPU.
-    if total.device.type != "cpu" or not bool(max_norm / (total + 1e-6) >= 1.0):
-        torch.nn.utils.clip_grads_with_norm_(params, max_norm, total)
-    return total
-
-
 class MixedPrecisionTrainer:
     """autocast + GradScaler, with the step order mixed-precision training requires.
 
@@ -96,7 +84,7 @@ class MixedPrecisionTrainer:
         self.scaler.unscale_(optimizer)
         grad_norm = None
         if max_grad_norm is not None and max_grad_norm > 0:
-            grad_norm = clip_grad_norm(params, max_grad_norm)
+            grad_norm = torch.nn.utils.clip_grad_norm_(params, max_grad_norm)
         scale_before = self.scaler.get_scale() if self.scaler.is_enabled() else None
         self.scaler.step(optimizer)
         self._scale_before = scale_before
