@@ -177,3 +177,30 @@ def results_table(tasks: list[dict], test: dict, test_at_05: dict, *, n_test: in
         f"{_cell(test.get('loss'))})"
     )
     return lines
+
+
+def final_lines(results: dict, out_dir) -> list[str]:
+    """The answer at the end of the console: per-task test results, how the kept epoch was chosen, the files."""
+    from pathlib import Path
+
+    lines = []
+    best = results["best"]
+    if results["test"]:
+        lines.append(
+            f"test results of the best epoch ({best['epoch']} of {results['epochs_run']}, by val {best['metric']}, "
+            f"{best['mode']} = {best['value']:.4f}):"
+        )
+        table = results_table(
+            results["tasks"], results["test"], results["test_at_0.5"], n_test=results["data_sizes"]["test"]
+        )
+        lines += [f"  {line}" for line in table]
+        if results["decisions"]["applies_to"]:
+            lines.append(f"  multi-label decisions: {results['decisions']['description']}")
+    out_dir = Path(out_dir)
+    files = [
+        name
+        for name in ("metrics.json", "report/report.html", "model/", "checkpoints/")
+        if (out_dir / name.rstrip("/")).exists()
+    ]
+    lines.append(f"outputs in {out_dir}: {', '.join(files)}")
+    return lines

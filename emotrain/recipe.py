@@ -32,7 +32,7 @@ from omegaconf import DictConfig, OmegaConf
 from emotrain import distributed as ddp
 from emotrain.checkpointing import check_resume_compatible, validate_checkpoint_config
 from emotrain.config import check_config_keys, check_range, check_seed, choice
-from emotrain.console import FILE_ONLY, is_terminal, progress, results_table
+from emotrain.console import FILE_ONLY, final_lines, is_terminal, progress
 from emotrain.data.cv import apply_cv, kfold_split, validate_cv_config
 from emotrain.data.loading import load_data, validate_data_config
 from emotrain.data.types import DataBundle, Split
@@ -48,6 +48,7 @@ from emotrain.models.backbones import (
 from emotrain.models.embeddings import compact_word_embeddings
 from emotrain.models.multitask import build_model
 from emotrain.preprocessing import Preprocessor
+from emotrain.reports import write_run_report
 from emotrain.reproducibility import (
     git_info,
     library_versions,
@@ -899,59 +900,19 @@ class TrainingRecipe:
         if (
             cfg.report and self.is_main
         ):  # data parallel: only rank 0 writes (export: self.checkpoints is None elsewhere)
-            self._write_report(results, per_class, confusion)
+            write_run_report(
+                results, self.out_dir / "report", cfg.checkpoint.prefix, per_class=per_class, confusion=confusion
+            )
         if self.is_main:
             result.write(self.out_dir)
             log.info("wrote %s (%.1fs)", self.out_dir / "metrics.json", result.wall_time_s, extra=FILE_ONLY)
-            self._log_results(results)
+            for line in final_lines(results, self.out_dir):
+                log.info("%s", line)
         self.tracker.log_metrics({f"test/{k}": v for k, v in results["test"].items()}, step=state.global_step)
         self.tracker.log_artifacts(self.out_dir)
         if status == "completed":
             self.tracker.close()  # otherwise run() closes it as FAILED
         return results
-
-    def _log_results(self, results: dict) -> None:
-        """The answer, at the end of the console: per-task test results, how best was chosen, where the files are."""
-        best = results["best"]
-        if results["test"]:
-            log.info(
-                "test results of the best epoch (%s of %s, by val %s, %s = %.4f):",
-                best["epoch"],
-                results["epochs_run"],
-                best["metric"],
-                best["mode"],
-                best["value"],
-            )
-            for line in results_table(
-                results["tasks"], results["test"], results["test_at_0.5"], n_test=results["data_sizes"]["test"]
-            ):
-                log.info("  %s", line)
-            if results["decisions"]["applies_to"]:
-                log.info("  multi-label decisions: %s", results["decisions"]["description"])
-        files = [
-            name
-            for name in ("metrics.json", "report/report.html", "model/", "checkpoints/")
-            if (self.out_dir / name.rstrip("/")).exists()
-        ]
-        log.info("outputs in %s: %s", self.out_dir, ", ".join(files))
-
-    def _write_report(self, results: dict, per_class: dict, confusion: dict) -> None:
-        from emotrain.reports import generate_training_report
-
-        epochs = [h for h in self.state.history if h.get("epoch_done", True)]
-        generate_training_report(
-            train_losses=[h["train_loss"] for h in epochs],
-            val_losses=[h["val"]["loss"] for h in epochs],
-            train_metrics=None,
-            val_metrics=[h["val"] for h in epochs],
-            hyperparameters=self.resolved_config,
-            output_dir=self.out_dir / "report",
-            prefix=self.cfg.checkpoint.prefix,
-            per_class=per_class or None,
-            confusion=confusion or None,
-            best=results["best"],
-            run=results,
-        )
 
 
 def run(cfg: DictConfig, overrides: list[str] | None = None) -> dict:

@@ -612,3 +612,21 @@ def generate_training_report(
     write_json(files["report"], report)
     log.info("wrote training report to %s", out, extra=FILE_ONLY)
     return files
+
+
+def write_run_report(results: dict, output_dir, prefix: str, *, per_class=None, confusion=None) -> dict[str, Path]:
+    """The report of a training run from its metrics.json dict: the epoch-end evaluations of its history."""
+    epochs = [h for h in results["history"] if h.get("epoch_done", True)]
+    return generate_training_report(
+        train_losses=[h["train_loss"] for h in epochs],
+        val_losses=[h["val"]["loss"] for h in epochs],
+        train_metrics=None,
+        val_metrics=[h["val"] for h in epochs],
+        hyperparameters=results["config"],
+        output_dir=output_dir,
+        prefix=prefix,
+        per_class=per_class or None,
+        confusion=confusion or None,
+        best=results["best"],
+        run=results,
+    )
