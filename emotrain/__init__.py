@@ -10,7 +10,7 @@ From Python (no Hydra application needed; see emotrain.api)::
 Importing this package is cheap: torch, transformers and Hydra load only when a function needs them.
 """
 
-from emotrain.api import compose, load, train
+from emotrain.api import compose, load, load_model, train
 from emotrain.errors import (
     CheckpointError,
     ConfigError,
@@ -34,5 +34,6 @@ __all__ = [
     "__version__",
     "compose",
     "load",
+    "load_model",
     "train",
 ]

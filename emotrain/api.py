@@ -6,6 +6,7 @@
     results = emotrain.train(["loss=focal", "trainer.epochs=2"], output_dir="runs/focal")
     results["test"]["emotion/macro_f1"]                               # the dict written to metrics.json
     engine = emotrain.load("runs/focal")                              # run dir, checkpoint or ONNX bundle
+    model, tokenizer, facts = emotrain.load_model("runs/focal/model")  # the torch module (encoder + heads)
     engine.predict("I love it!")["emotion"]
 
 `train` composes the same config as ``python -m emotrain OVERRIDES`` (the packaged configs plus
@@ -185,3 +186,17 @@ def load(path: str | os.PathLike, **kwargs) -> EmotionInferenceEngine:
     from emotrain.inference import load_engine
 
     return load_engine(path, **kwargs)
+
+
+def load_model(path: str | os.PathLike):
+    """(model, tokenizer, facts) from a run's ``model/`` folder (or a run directory holding one): the fine-tuned
+    encoder and its heads as one torch module in eval mode (``model(input_ids, attention_mask)`` -> {task: logits};
+    ``model.probabilities(logits)``), its transformers tokenizer, and emotrain_model.json's facts (tasks, labels,
+    thresholds, pooling, max length, preprocessing). Needs torch and transformers."""
+    require_packages("emotrain.load_model")
+    from emotrain.inference.model_dir import EXPORT_META, load_exported_model
+
+    path = Path(path)
+    if path.is_dir() and not (path / EXPORT_META).is_file() and (path / "model" / EXPORT_META).is_file():
+        path = path / "model"
+    return load_exported_model(path)

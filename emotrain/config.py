@@ -217,8 +217,8 @@ class TableDataConfig(DataConfig):
 class BackboneConfig:
     """backbone=minilm, and the keys every backbone option has."""
 
-    kind: str = MISSING  # minilm | tiny | local
-    name: str = MISSING  # human-readable id recorded in reports and cache keys
+    kind: str = MISSING  # minilm | tiny | local | hf
+    name: str = MISSING  # the hub id (hf) or a human-readable id, recorded in reports, model cards and cache keys
     pooling: Pooling = Pooling.mean
     max_length: int = 128
     attention: Attention = Attention.auto  # attention kernel; same maths, different speed
@@ -239,6 +239,13 @@ class LocalBackboneConfig(BackboneConfig):
     """backbone=local: any local Hugging Face model directory."""
 
     path: str = MISSING
+
+
+@dataclass
+class HubBackboneConfig(BackboneConfig):
+    """backbone=hf: an encoder in the local Hugging Face cache by its hub id (offline; never downloads)."""
+
+    revision: str = "main"  # a branch, tag or commit hash present in the cache
 
 
 # --------------------------------------------------------------------------- training
@@ -429,7 +436,12 @@ class TrainConfig:
 GROUP_SCHEMAS: dict[str, dict[str, type]] = {
     "paths": {"base": PathsConfig},
     "data": {"sample": SampleDataConfig, "goemotions": GoEmotionsDataConfig, "table": TableDataConfig},
-    "backbone": {"base": BackboneConfig, "tiny": TinyBackboneConfig, "local": LocalBackboneConfig},
+    "backbone": {
+        "base": BackboneConfig,
+        "tiny": TinyBackboneConfig,
+        "local": LocalBackboneConfig,
+        "hf": HubBackboneConfig,
+    },
     "freeze": {
         "base": FreezeConfig,
         "partial": PartialFreezeConfig,

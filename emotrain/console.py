@@ -199,7 +199,7 @@ def final_lines(results: dict, out_dir) -> list[str]:
     out_dir = Path(out_dir)
     files = [
         name
-        for name in ("metrics.json", "report/report.html", "model/", "checkpoints/")
+        for name in ("metrics.json", "report/report.html", "model/", "predictions_test.jsonl", "checkpoints/")
         if (out_dir / name.rstrip("/")).exists()
     ]
     lines.append(f"outputs in {out_dir}: {', '.join(files)}")

@@ -10,16 +10,25 @@ Everything comes from the run's RunResult (metrics.json); a model without one sa
 
 from __future__ import annotations
 
+import json
 from collections.abc import Mapping
+from pathlib import Path
 from typing import Any
 
 import yaml
 
+from emotrain.io import atomic_write
 from emotrain.results import RunResult
+
+CARD_FILE = "README.md"
 
 # What the Hub knows about the data sets and backbones emotrain ships with.
 DATASETS = {
-    "goemotions": ("google-research-datasets/go_emotions", "GoEmotions (Demszky et al., ACL 2020), the paper's splits")
+    "goemotions": (
+        "google-research-datasets/go_emotions",
+        "GoEmotions",
+        "GoEmotions (Demszky et al., ACL 2020), the paper's splits",
+    )
 }
 BACKBONE_LICENSES = {"sentence-transformers/all-MiniLM-L6-v2": "apache-2.0"}
 
@@ -28,7 +37,8 @@ def _num(value: Any) -> str:
     return "-" if value is None else f"{value:.4f}"
 
 
-def _data_source(config: Mapping) -> tuple[str | None, str]:
+def _data_source(config: Mapping) -> tuple[str | None, str, str]:
+    """(hub dataset id or None, short name, description) of the run's data."""
     data = config.get("data") or {}
     kind = data.get("kind")
     if kind in DATASETS:
@@ -36,15 +46,17 @@ def _data_source(config: Mapping) -> tuple[str | None, str]:
     if kind == "sample":
         return (
             None,
-            "emotrain's built-in sample: 560 short English sentences written for the project (7 emotions, 4 sentiments)",
+            "emotrain sample",
+            "emotrain's built-in sample: 560 short English sentences written for the project "
+            "(7 emotions, 4 sentiments)",
         )
-    files = [data.get(k) for k in ("train_file", "val_file", "test_file") if data.get(k)]
-    return None, f"the user's files ({', '.join(map(str, files)) or 'data=table'})"
+    files = [str(data.get(k)) for k in ("train_file", "val_file", "test_file") if data.get(k)]
+    return None, "custom", f"the trainer's own files ({', '.join(files) or 'data=' + str(kind)})"
 
 
 def _metadata(result: RunResult | None, meta: Mapping, bundle: bool) -> dict:
     config = result.config if result else {}
-    dataset_id, _ = _data_source(config)
+    dataset_id, dataset_name, _ = _data_source(config)
     backbone = meta.get("backbone") or (config.get("backbone") or {}).get("name")
     multilabel = any(t.get("multilabel") for t in meta.get("tasks") or [])
     out: dict[str, Any] = {
@@ -60,6 +72,7 @@ def _metadata(result: RunResult | None, meta: Mapping, bundle: bool) -> dict:
         out["base_model"] = str(backbone)
     if dataset_id:
         out["datasets"] = [dataset_id]
+    out["metrics"] = ["f1", "accuracy"]
     if result and result.test:
         results = []
         for t in result.tasks:
@@ -92,7 +105,7 @@ def _metadata(result: RunResult | None, meta: Mapping, bundle: bool) -> dict:
                         "name": f"{name} ({'multi-label' if t.get('multilabel') else 'multi-class'})",
                     },
                     "dataset": {
-                        "name": _data_source(config)[1].split(" (")[0],
+                        "name": dataset_name,
                         "type": dataset_id or "custom",
                         "split": "test",
                     },
@@ -128,8 +141,8 @@ def _results_section(result: RunResult | None) -> list[str]:
     lines = [
         "## How well",
         "",
-        f"Test split ({sizes.get('test')} texts), scored with the model of epoch {best.get('epoch')} of {result.epochs_run}, the one "
-        f"that had the best validation {best.get('metric')} ({best.get('mode')}).",
+        f"Test split ({sizes.get('test')} texts), scored with the model of epoch {best.get('epoch')} of "
+        f"{result.epochs_run}, the one with the best validation {best.get('metric')} ({best.get('mode')}).",
         "",
         "| task | macro-F1 | micro-F1 | accuracy | macro-F1 at 0.5 |",
         "| --- | --- | --- | --- | --- |",
@@ -145,19 +158,19 @@ def _results_section(result: RunResult | None) -> list[str]:
     if decisions.get("applies_to"):
         lines += [
             "",
-            f"Multi-label tasks ({', '.join(decisions['applies_to'])}) decide with {decisions['description']}; the last "
-            "column scores the same model with every label at 0.5. Accuracy of a multi-label task is subset accuracy "
-            "(every label of the text right).",
+            f"Multi-label tasks ({', '.join(decisions['applies_to'])}) decide with {decisions['description']}; "
+            "the last column scores the same model with every label at 0.5. Accuracy of a multi-label task is "
+            "subset accuracy (every label of the text right).",
         ]
     return lines
 
 
-def _data_section(result: RunResult | None) -> list[str]:
+def _data_section(result: RunResult | None, meta: Mapping) -> list[str]:
     if not result:
         return []
-    _, source = _data_source(result.config)
+    _, _, source = _data_source(result.config)
     sizes = result.data_sizes
-    pre = (result.config.get("data") or {}).get("preprocess") or {}
+    pre = meta.get("preprocess") or (result.config.get("data") or {}).get("preprocess") or {}
     steps = [
         name
         for name, key in (
@@ -186,24 +199,25 @@ def _recipe_section(result: RunResult | None, meta: Mapping) -> list[str]:
     optim = c.get("optim") or {}
     trainer = c.get("trainer") or {}
     precision = result.precision or {}
+    backbone = (c.get("backbone") or {}).get("name") or meta.get("backbone")
+    commit = (git.get("commit") or "unknown") + (" (with uncommitted changes)" if git.get("dirty") else "")
+    versions = result.versions or {}
     return [
         "## Training",
         "",
-        f"- Backbone: `{(c.get('backbone') or {}).get('name')}` ({meta.get('pooling')} pooling, max length {meta.get('max_length')} tokens), "
-        f"one linear head per task.",
-        f"- {result.epochs_run} epochs ({result.global_steps} optimiser steps), batch {result.effective_batch_size}, AdamW lr "
-        f"{optim.get('lr')} (heads {optim.get('head_lr') or optim.get('lr')}), weight decay {optim.get('weight_decay')}, "
+        f"- Backbone: `{backbone}` ({meta.get('pooling')} pooling, max length {meta.get('max_length')} tokens), "
+        "one linear head per task.",
+        f"- {result.epochs_run} epochs ({result.global_steps} optimiser steps), batch {result.effective_batch_size}, "
+        f"{optim.get('name', 'adamw')} lr {optim.get('lr')}, weight decay {optim.get('weight_decay')}, "
         f"dropout {trainer.get('dropout')}.",
-        f"- Loss: {loss.get('kind')} (label reduction {loss.get('label_reduction')}, task weighting {loss.get('task_weighting')}).",
-        f"- Precision {precision.get('effective')} (requested {precision.get('requested')}) on {result.device}; seed {result.seed}, "
-        f"deterministic {result.deterministic}.",
-        f"- Code: emotrain {result.versions.get('emotrain')}, git commit {git.get('commit') or 'unknown'}"
-        + (" (with uncommitted changes)" if git.get("dirty") else "")
-        + f"; torch {result.versions.get('torch')}, "
-        f"transformers {result.versions.get('transformers')}.",
-        "- Reproduce: `python -m emotrain "
-        + " ".join(result.overrides)
-        + "` (the run's overrides; .hydra/config.yaml has the rest).",
+        f"- Loss: {loss.get('kind')} (label reduction {loss.get('label_reduction')}, task weighting "
+        f"{loss.get('task_weighting')}).",
+        f"- Precision {precision.get('effective')} (requested {precision.get('requested')}) on {result.device}; "
+        f"seed {result.seed}, deterministic {result.deterministic}.",
+        f"- Code: emotrain {versions.get('emotrain')}, git commit {commit}; torch {versions.get('torch')}, "
+        f"transformers {versions.get('transformers')}.",
+        f"- Reproduce: `python -m emotrain {' '.join(result.overrides)}` (the run's overrides; its .hydra/config.yaml "
+        "has the rest).",
     ]
 
 
@@ -224,82 +238,126 @@ def _thresholds_section(meta: Mapping) -> list[str]:
     return lines
 
 
-def _use_section() -> list[str]:
+def _use_section(result: RunResult | None, meta: Mapping) -> list[str]:
+    config = result.config if result else {}
+    kind = (config.get("data") or {}).get("kind")
+    pre = meta.get("preprocess") or (config.get("data") or {}).get("preprocess") or {}
+    if kind == "goemotions":
+        source_bias = (
+            "- GoEmotions comes from Reddit comments (mostly young, male, US users) rated by annotators in India: "
+            "expect worse results on other registers, dialects and communities, and on sarcasm and negation."
+        )
+    elif kind == "sample":
+        source_bias = (
+            "- Trained on emotrain's built-in sample (a few hundred short sentences written for the project): a "
+            "demonstration, not a model for real texts."
+        )
+    else:
+        source_bias = (
+            "- The model carries the biases of its training data and of whoever labelled it; check it on texts like "
+            "yours before relying on it."
+        )
+    if pre.get("scrub_pii"):
+        pii = (
+            "- Personal data: e-mail addresses, URLs, phone and card numbers and @handles are replaced by placeholders "
+            "before training and before every prediction (the PII scrub is on)."
+        )
+    else:
+        pii = "- Personal data: the PII scrub was off for this model; texts reach it (and its logs) as they are."
     return [
         "## Intended use and limitations",
         "",
-        "- For research and for analysing the emotions expressed in short English texts (comments, reviews, messages) in "
-        "aggregate. Not for decisions about individual people (hiring, credit, health, policing), and not as a measure of "
-        "what a person feels: it labels what a text expresses, as annotators read it.",
-        "- Emotion labels are subjective: annotators disagree often, so the labels are noisy and the scores above are "
-        "bounded by that agreement. Rare emotions have few examples and the lowest F1.",
-        "- The data carries the biases of its source (GoEmotions: Reddit comments, mostly young male US users; its "
-        "annotators were from India) and of its annotators; expect worse results on other registers, dialects and "
-        "communities, and on sarcasm and negation.",
-        "- English only unless it was trained on another language; other languages get meaningless labels.",
-        "- Personal data: e-mails, URLs, phone and card numbers and @handles are replaced by placeholders before training "
-        "and before every prediction (the PII scrub), unless the run turned it off.",
+        "- For research and for analysing the emotions that short texts express, in aggregate. Not for decisions "
+        "about individual people (hiring, credit, health, policing), and not a measure of what a person feels: it "
+        "labels what a text expresses, as annotators read it.",
+        "- Emotion labels are subjective: annotators often disagree, so the labels are noisy and the scores above "
+        "are bounded by that agreement. Rare labels have few examples and the lowest F1.",
+        source_bias,
+        "- English only unless it was trained on another language: other languages get meaningless labels.",
+        pii,
     ]
 
 
-def _load_section(bundle: bool) -> list[str]:
+def _load_section(meta: Mapping, bundle: bool) -> list[str]:
     lines = [
         "## How to load",
         "",
-        "With emotrain (`pip install emotrain`; ONNX bundles need only `emotrain[inference]`):",
+        "With emotrain installed (an ONNX bundle needs only the inference extra: onnxruntime, tokenizers, numpy):",
         "",
         "```python",
         "import emotrain",
-        'engine = emotrain.load("PATH")  # this directory',
-        'engine.predict("I love this!")',
+        'engine = emotrain.load("PATH")  # PATH: this directory',
+        'engine.predict("I love this!")  # {"' + str(meta.get("primary_task") or "emotion") + '": ..., "tasks": ...}',
         "```",
+        "",
+        'or from a shell: `emotrain-predict --model PATH "I love this!"`.',
         "",
     ]
     if bundle:
+        inputs = (meta.get("onnx") or {}).get("inputs") or ["input_ids", "attention_mask"]
+        fields = {"input_ids": "ids", "attention_mask": "attention_mask", "token_type_ids": "type_ids"}
+        feeds = ", ".join(f'"{name}": np.array([enc.{fields.get(name, name)}])' for name in inputs)
         lines += [
-            "With onnxruntime alone: `model.onnx` (fp32) or `model.int8.onnx` take `input_ids` and `attention_mask` "
-            "(int64, from `tokenizer.json` with `tokenizers`, truncated to `max_length` in bundle.json) and return one "
-            "logits output per task; apply softmax (multi-class) or a sigmoid per label and the thresholds (multi-label), "
-            "as bundle.json describes.",
+            f"With onnxruntime alone: `model.onnx` (fp32) or `model.int8.onnx` take {', '.join(inputs)} (int64, from "
+            "`tokenizer.json`, truncated to `max_length` in bundle.json, texts preprocessed as bundle.json's "
+            "`preprocess` says) and return one logits output per task; apply softmax (multi-class) or a sigmoid per "
+            "label and the thresholds (multi-label).",
             "",
             "```python",
             "import numpy as np, onnxruntime as ort",
             "from tokenizers import Tokenizer",
-            'tok = Tokenizer.from_file("tokenizer.json")',
-            'session = ort.InferenceSession("model.onnx")',
+            'tok = Tokenizer.from_file("PATH/tokenizer.json")',
+            'session = ort.InferenceSession("PATH/model.onnx")',
             'enc = tok.encode("I love this!")',
-            'feeds = {"input_ids": np.array([enc.ids]), "attention_mask": np.array([enc.attention_mask])}',
-            "logits = session.run(None, feeds)  # one array per task, in bundle.json's task order",
+            f"logits = session.run(None, {{{feeds}}})  # one array per task, in bundle.json's task order",
             "```",
         ]
     else:
         lines += [
-            "With transformers (the encoder; the heads are in emotrain_heads.safetensors):",
+            "With transformers: this folder is a Hugging Face model folder of the fine-tuned encoder; the task heads "
+            "are in `emotrain_heads.safetensors` and the labels, thresholds and pooling in `emotrain_model.json`.",
             "",
             "```python",
             "from transformers import AutoModel, AutoTokenizer",
-            'encoder = AutoModel.from_pretrained("PATH")',
+            'encoder = AutoModel.from_pretrained("PATH")      # the trained encoder',
             'tokenizer = AutoTokenizer.from_pretrained("PATH")',
+            "",
+            "import emotrain",
+            'model, tokenizer, facts = emotrain.load_model("PATH")  # encoder + heads as one torch module',
             "```",
         ]
     return lines
 
 
 def model_card(result: RunResult | None, meta: Mapping, *, bundle: bool = False) -> str:
-    """README.md for a model directory (`bundle=False`) or an ONNX bundle; `meta`: its emotrain_model.json / bundle.json facts."""
+    """README.md of a model/ folder (`bundle=False`) or an ONNX bundle. `meta`: its emotrain_model.json or
+    bundle.json; `result`: the run that kept this model (None: the card says no results were recorded)."""
     front = yaml.safe_dump(_metadata(result, meta, bundle), sort_keys=False, allow_unicode=True).strip()
-    title = f"# Emotion classifier: {', '.join(t['name'] for t in meta.get('tasks') or [])} ({meta.get('backbone')})"
+    tasks = ", ".join(t["name"] for t in meta.get("tasks") or [])
+    title = f"# Emotion classifier ({tasks}) on {meta.get('backbone')}"
     sections = [
         _tasks_section(meta),
         _results_section(result),
-        _data_section(result),
+        _data_section(result, meta),
         _recipe_section(result, meta),
         _thresholds_section(meta),
-        _use_section(),
-        _load_section(bundle),
+        _use_section(result, meta),
+        _load_section(meta, bundle),
     ]
-    body = [title, "", "Fine-tuned with emotrain: one shared encoder, one head per task."]
+    what = "an ONNX bundle (fp32 and int8 graphs)" if bundle else "a PyTorch model folder"
+    body = [title, "", f"Fine-tuned with emotrain: one shared encoder, one linear head per task; this is {what}."]
     for section in sections:
         if section:
             body += [""] + section
     return f"---\n{front}\n---\n\n" + "\n".join(body) + "\n"
+
+
+def write_model_card(
+    directory: str | Path, result: RunResult | None, *, meta: Mapping | None = None, bundle: bool = False
+) -> Path:
+    """Write `directory`/README.md; `meta` defaults to the folder's emotrain_model.json."""
+    directory = Path(directory)
+    if meta is None:
+        meta = json.loads((directory / "emotrain_model.json").read_text(encoding="utf-8"))
+    text = model_card(result, meta, bundle=bundle)
+    return atomic_write(directory / CARD_FILE, lambda fh: fh.write(text))

@@ -37,7 +37,9 @@ from emotrain.data.cv import apply_cv, kfold_split, validate_cv_config
 from emotrain.data.loading import load_data, validate_data_config
 from emotrain.data.types import DataBundle, Split
 from emotrain.errors import TrainingDiverged, TrainingInterrupted
+from emotrain.inference.predictions import PREDICTIONS_FILE, error_analysis, test_records, write_records
 from emotrain.io import write_json
+from emotrain.model_card import write_model_card
 from emotrain.models.backbones import (
     backbone_dir,
     check_max_length,
@@ -64,7 +66,7 @@ from emotrain.training.caches import FeatureCache, TokenCache, content_key, enco
 from emotrain.training.evaluation import EarlyStopping, evaluate
 from emotrain.training.freeze import apply_freeze, validate_freeze, validate_freeze_config
 from emotrain.training.losses import build_loss, validate_loss_config
-from emotrain.training.metrics import evaluate_predictions
+from emotrain.training.metrics import evaluate_predictions, predict_labels
 from emotrain.training.optim import build_optimizer, validate_optim_config
 from emotrain.training.precision import MixedPrecisionTrainer, get_device, resolve_precision
 from emotrain.training.schedulers import build_scheduler, validate_scheduler_config
@@ -183,7 +185,9 @@ def stop_on_sigint(recipe: TrainingRecipe):
 
 def preprocess_bundle(bundle: DataBundle, pre: Preprocessor) -> DataBundle:
     def apply(split: Split | None) -> Split | None:
-        return None if split is None else Split(texts=pre.map(split.texts), targets=split.targets, name=split.name)
+        if split is None:
+            return None
+        return Split(texts=pre.map(split.texts), targets=split.targets, name=split.name, ids=split.ids)
 
     bundle.train, bundle.val, bundle.test = apply(bundle.train), apply(bundle.val), apply(bundle.test)
     return bundle
@@ -778,12 +782,22 @@ class TrainingRecipe:
         probs = self.evaluate(self.val_data)[2] if self.thresholds.needs_probabilities else {}
         return self.thresholds.thresholds(self.tasks, probs, self.val_data.targets)
 
-    def _test(self, thresholds: dict, run: bool) -> tuple[dict, dict, dict, dict]:
-        """Test metrics of the loaded weights: at `thresholds`, the same probabilities at 0.5, per class, and the
-        confusion matrices' inputs."""
+    def _test(self, thresholds: dict, run: bool) -> tuple[dict, dict, dict, dict, list]:
+        """Test metrics of the loaded weights: at `thresholds`, the same probabilities at 0.5, per class, the
+        confusion matrices' inputs, and one prediction record per test text (emotrain.inference.predictions)."""
         if self.test_data is None or not run:
-            return {}, {}, {}, {}
+            return {}, {}, {}, {}, []
         metrics, per_class, probs = self.evaluate(self.test_data, thresholds=thresholds)
+        split = self.bundle.test
+        records = test_records(
+            self.tasks,
+            self.bundle.primary_task,
+            ids=[split.row_id(i) for i in range(len(split))],
+            texts=split.texts,
+            targets=split.targets,
+            probs=probs,
+            decisions={t.name: predict_labels(t, probs[t.name], thresholds.get(t.name)) for t in self.tasks},
+        )
         at_05 = {}
         if thresholds:  # the same probabilities decided at 0.5: no second pass over the test split
             losses = {t.name: metrics[f"{t.name}/loss"] for t in self.tasks}
@@ -811,7 +825,7 @@ class TrainingRecipe:
                 " ".join(f"{t}={at_05[f'{t}/macro_f1']:.4f}" for t in thresholds),
                 extra=FILE_ONLY,
             )
-        return metrics, at_05, per_class, confusion
+        return metrics, at_05, per_class, confusion, records
 
     def save(self, status: str = "completed", error: str | None = None) -> dict:
         """Test the best weights; write metrics.json, the report and the export.
@@ -827,7 +841,7 @@ class TrainingRecipe:
 
             # The thresholds belong to the best weights: store them with that checkpoint too.
             update_checkpoint_extra(self.checkpoints.best_path, {"thresholds": thresholds})
-        test, test_at_05, per_class, confusion = self._test(
+        test, test_at_05, per_class, confusion, records = self._test(
             thresholds, run=status == "completed" or bool(state.history)
         )
         result = RunResult(
@@ -893,15 +907,23 @@ class TrainingRecipe:
         ):
             from emotrain.inference.model_dir import export_model
 
-            result.model_dir = str(
-                export_model(self.checkpoints.best_path, self.out_dir / "model", self.tokenizer, thresholds=thresholds)
+            model_dir = export_model(
+                self.checkpoints.best_path, self.out_dir / "model", self.tokenizer, thresholds=thresholds
             )
+            result.model_dir = str(model_dir)
+            write_model_card(model_dir, result)
         results = result.to_dict()
-        if (
-            cfg.report and self.is_main
-        ):  # data parallel: only rank 0 writes (export: self.checkpoints is None elsewhere)
+        errors = error_analysis(records, self.tasks) if records else None
+        if records and self.is_main:
+            write_records(self.out_dir / PREDICTIONS_FILE, records)
+        if cfg.report and self.is_main:  # data parallel: only rank 0 writes (self.checkpoints is None elsewhere)
             write_run_report(
-                results, self.out_dir / "report", cfg.checkpoint.prefix, per_class=per_class, confusion=confusion
+                results,
+                self.out_dir / "report",
+                cfg.checkpoint.prefix,
+                per_class=per_class,
+                confusion=confusion,
+                errors=errors,
             )
         if self.is_main:
             result.write(self.out_dir)

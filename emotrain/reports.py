@@ -27,6 +27,7 @@ from matplotlib.ticker import MaxNLocator  # noqa: E402
 
 from emotrain.config import flatten_dict  # noqa: E402
 from emotrain.console import FILE_ONLY  # noqa: E402
+from emotrain.inference.predictions import PREDICTIONS_FILE  # noqa: E402
 from emotrain.io import atomic_write, finite_or_none, write_json  # noqa: E402
 from emotrain.utils import best_index, json_safe  # noqa: E402
 
@@ -412,7 +413,20 @@ def _history_lines(history, monitor: str) -> list[str]:
     return lines
 
 
-def format_summary(hyperparameters, train_losses, val_losses, val_metrics, extra=None, *, best=None, run=None) -> str:
+def error_lines(errors: dict) -> list[str]:
+    """Where the kept model errs on the test split (emotrain.inference.predictions.error_analysis)."""
+    lines = []
+    for task, info in errors.items():
+        worst = ", ".join(f"{w['label']} {w['f1']:.2f} (n={w['support']})" for w in info.get("worst_labels") or [])
+        confusions = ", ".join(f"{c['gold']} -> {c['predicted']} ({c['count']})" for c in info.get("confusions") or [])
+        lines.append(f"  {task}: lowest F1: {worst or 'none'}")
+        lines.append(f"  {' ' * len(task)}  most frequent errors (gold -> predicted): {confusions or 'none'}")
+    return lines
+
+
+def format_summary(
+    hyperparameters, train_losses, val_losses, val_metrics, extra=None, *, best=None, run=None, errors=None
+) -> str:
     """summary.txt: the answer first (test results per task, the kept epoch and why, thresholds, where the files
     are), then the training, then the configuration; every fact once."""
     best = best or default_best(val_losses)
@@ -431,6 +445,8 @@ def format_summary(hyperparameters, train_losses, val_losses, val_metrics, extra
             lines.append("  macro-F1@0.5: the same model with every label at 0.5")
         if run.get("thresholds"):
             lines += ["", "Decision thresholds per label:"] + _threshold_lines(run)
+        if errors:
+            lines += ["", f"Where it errs (test split; every prediction in {PREDICTIONS_FILE}):"] + error_lines(errors)
     elif run:
         lines += ["", "Test results: none (no test split, or training stopped before an evaluation)"]
     at_best = val_metrics_at(best["epoch"], val_metrics, run) if best.get("epoch") is not None else {}
@@ -520,6 +536,7 @@ def generate_training_report(
     extra=None,
     best=None,
     run=None,
+    errors=None,
 ) -> dict[str, Path]:
     """Write loss_curves.png, metrics_curves.png, report.json, summary.txt, report.html (and per-class / confusion
     figures) into `output_dir`.
@@ -528,6 +545,7 @@ def generate_training_report(
     per_class: {task: {label: {precision, recall, f1, support}}}; confusion: {task: {"labels", "y_true", "y_pred"}}.
     best: {"epoch", "metric", "mode", "value"}: the kept epoch and what chose it (default: the lowest val loss);
     every output names this one. run: the run's metrics.json dict, for the summary's answer-first layout and the HTML.
+    errors: {task: {worst_labels, confusions}} of the test predictions (emotrain.inference.predictions.error_analysis).
     Returns {file stem: path}.
     """
     out = Path(output_dir)
@@ -578,7 +596,9 @@ def generate_training_report(
 
     final_metrics = val_metrics[-1] if val_metrics else {}
     epoch = best.get("epoch")
-    summary = format_summary(hyperparameters, train_losses, val_losses, val_metrics, extra, best=best, run=run)
+    summary = format_summary(
+        hyperparameters, train_losses, val_losses, val_metrics, extra, best=best, run=run, errors=errors
+    )
     files["summary"] = atomic_write(out / "summary.txt", lambda fh: fh.write(summary))
     files["report"] = out / "report.json"
     files["html"] = out / "report.html"
@@ -600,6 +620,7 @@ def generate_training_report(
         "final_val_metrics": final_metrics,
         "per_class": per_class or {},
         "confusion": confusion_json,
+        "errors": errors or {},
         "hyperparameters": hyperparameters if hyperparameters is not None else {},
         "extra": extra or {},
         "files": {k: p.name for k, p in files.items()},
@@ -614,7 +635,9 @@ def generate_training_report(
     return files
 
 
-def write_run_report(results: dict, output_dir, prefix: str, *, per_class=None, confusion=None) -> dict[str, Path]:
+def write_run_report(
+    results: dict, output_dir, prefix: str, *, per_class=None, confusion=None, errors=None
+) -> dict[str, Path]:
     """The report of a training run from its metrics.json dict: the epoch-end evaluations of its history."""
     epochs = [h for h in results["history"] if h.get("epoch_done", True)]
     return generate_training_report(
@@ -629,4 +652,5 @@ def write_run_report(results: dict, output_dir, prefix: str, *, per_class=None, 
         confusion=confusion or None,
         best=results["best"],
         run=results,
+        errors=errors,
     )

@@ -25,7 +25,7 @@ th{background:#f5f6fa;cursor:default}td:first-child,th:first-child{text-align:le
 table.sortable th{cursor:pointer}table.sortable th:after{content:" \\2195";color:#aab}
 img{max-width:100%;border:1px solid #e3e6ee;border-radius:6px;margin:6px 0}
 details{margin:8px 0}summary{cursor:pointer;font-weight:600}code{background:#f2f2f6;padding:1px 4px;border-radius:3px}
-.bad{color:#b3261e}.good{color:#1b7f3b}
+.bad{color:#b3261e}.good{color:#1b7f3b}.row{display:flex;gap:28px;flex-wrap:wrap;align-items:flex-start}
 """
 
 # Click a header to sort by that column (numbers numerically); click again to reverse.
@@ -167,6 +167,29 @@ def _per_class_section(per_class: Mapping) -> str:
     )
 
 
+def _errors_section(errors: Mapping) -> str:
+    from emotrain.inference.predictions import PREDICTIONS_FILE
+
+    parts = []
+    for task, info in (errors or {}).items():
+        worst = [[w["label"], w["f1"], w["support"], w["predicted"]] for w in info.get("worst_labels") or []]
+        confusions = [[c["gold"], c["predicted"], c["count"]] for c in info.get("confusions") or []]
+        parts.append(
+            f"<h3>{esc(task)}</h3><div class=row>"
+            + table(["label (lowest F1)", "F1", "support", "predicted"], worst)
+            + table(["gold", "predicted instead", "texts"], confusions)
+            + "</div>"
+        )
+    if not parts:
+        return ""
+    return (
+        f"<h2>Where it errs (test split)</h2><p class=muted>The labels with the lowest F1 and the most frequent "
+        f"errors; multi-label: a missed gold label next to each wrong label predicted for the same text, or "
+        f"(none). Every prediction is in <code>{esc(PREDICTIONS_FILE)}</code> in the run directory.</p>"
+        + "".join(parts)
+    )
+
+
 def _history_section(run: Mapping, report: Mapping) -> str:
     best = report.get("best") or {}
     monitor = best.get("metric", "loss")
@@ -262,7 +285,7 @@ def run_report_html(report: Mapping, summary_text: str, report_dir: Path, *, run
     )
     body = head + answer + _thresholds_section(run or {}) + "<h2>Curves</h2>" + plots
     body += _history_section(run or {}, report)
-    body += _per_class_section(report.get("per_class") or {}) + per_task
+    body += _per_class_section(report.get("per_class") or {}) + _errors_section(report.get("errors") or {}) + per_task
     body += _config_section(report, run)
     body += f"<details><summary>summary.txt</summary><pre>{esc(summary_text)}</pre></details>"
     return page(f"{prefix} run report", body)

@@ -80,7 +80,7 @@ def test_help_lists_config_groups():
     )
     assert proc.returncode == 0
     for line in (
-        "backbone: local, minilm, tiny",
+        "backbone: hf, local, minilm, tiny",
         "data: goemotions, sample, table",
         "loss: default, focal",
         "cv: holdout, kfold",
@@ -198,7 +198,7 @@ def test_configs_ship_inside_the_package_and_work_from_any_directory(tmp_path):
     proc = subprocess.run(
         [sys.executable, "-m", "emotrain", "--help"], cwd=tmp_path, capture_output=True, text=True, timeout=120
     )
-    assert proc.returncode == 0 and "backbone: local, minilm, tiny" in proc.stdout, proc.stderr
+    assert proc.returncode == 0 and "backbone: hf, local, minilm, tiny" in proc.stdout, proc.stderr
     user = tmp_path / "my_conf" / "experiment"
     user.mkdir(parents=True)
     (user / "mine.yaml").write_text(

@@ -260,6 +260,7 @@ def test_torchrun_run_dir_and_resume(tmp_path):
         "checkpoints",
         "emotrain.log",
         "metrics.json",
+        "predictions_test.jsonl",
     ]
     assert "[rank 1]" not in (run_dir / "emotrain.log").read_text()
     straight = json.loads((run_dir / "metrics.json").read_text())

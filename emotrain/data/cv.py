@@ -19,6 +19,7 @@ def concat_splits(a: Split, b: Split) -> Split:
         texts=a.texts + b.texts,
         targets={k: np.concatenate([a.targets[k], b.targets[k]]) for k in a.targets},
         name=f"{a.name}+{b.name}",
+        ids=a.ids + b.ids if a.ids is not None and b.ids is not None else None,
     )
 
 

@@ -168,14 +168,14 @@ def load_goemotions(data_dir: Path, tasks: Sequence[str] = GOEMOTIONS_TASKS) -> 
 
     splits: dict[str, Split] = {}
     for split, filename in SPLIT_FILES.items():
-        texts, emotion, _ = read_split(data_dir / filename, len(fine_labels))
+        texts, emotion, table = read_split(data_dir / filename, len(fine_labels))
         targets: dict[str, np.ndarray] = {}
         for task in names:
             if task == "emotion":
                 targets[task] = emotion
             else:
                 targets[task] = (emotion @ coarse[task][1] > 0).astype(np.float32)
-        splits[split] = Split(texts=texts, targets=targets, name=split)
+        splits[split] = Split(texts=texts, targets=targets, name=split, ids=table.column("2", "comment id"))
 
     return DataBundle(
         tasks=specs,

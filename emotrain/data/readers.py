@@ -187,6 +187,10 @@ class RawTable:
     def where(self, i: int) -> str:
         return f"{self.path} {self.unit} {self.locations[i]}"
 
+    def row_ids(self) -> list[str]:
+        """FILE:LINE (or FILE:ROW) of every record: an id that leads back to the source."""
+        return [f"{self.path.name}:{loc}" for loc in self.locations]
+
     def column(self, name: str, role: str) -> list:
         """Cells of one column; `role` says what it is for in error messages."""
         if name in self._cache:

@@ -62,6 +62,7 @@ def load_sample(data_dir: Path | None = None) -> DataBundle:
             texts=texts[split],
             targets={"emotion": emotion[split], "sentiment": to_sentiment[emotion[split]]},
             name=split,
+            ids=tables[split].row_ids(),
         )
         for split in SAMPLE_FILES
     }

@@ -63,7 +63,7 @@ def load_table(cfg: Any, root_dir: Path) -> DataBundle:
         specs.append(spec)
         for split, arr in by_split.items():
             targets[split][opts.name] = arr
-    splits = {split: Split(texts[split], targets[split], name=split) for split in tables}
+    splits = {split: Split(texts[split], targets[split], name=split, ids=tables[split].row_ids()) for split in tables}
     sources = {split: str(path) for split, path in paths.items()}
 
     # Held-out splits carved from the training file; fractions are of the whole file.

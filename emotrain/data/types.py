@@ -46,9 +46,14 @@ class Split:
     texts: list[str]
     targets: dict[str, np.ndarray]
     name: str = ""
+    # Where each row came from ("test.tsv:12", a GoEmotions comment id), for predictions files; None: unknown.
+    ids: list[str] | None = None
 
     def __len__(self) -> int:
         return len(self.texts)
+
+    def row_id(self, i: int) -> str:
+        return self.ids[i] if self.ids is not None else f"{self.name or 'row'}:{i}"
 
     def subset(self, indices) -> Split:
         idx = np.asarray(indices, dtype=np.int64)
@@ -56,6 +61,7 @@ class Split:
             texts=[self.texts[i] for i in idx],
             targets={k: v[idx] for k, v in self.targets.items()},
             name=self.name,
+            ids=None if self.ids is None else [self.ids[i] for i in idx],
         )
 
 

@@ -10,7 +10,9 @@ A bundle directory, written by :func:`emotrain.inference.export_bundle`::
       model.int8.onnx       the same graph with dynamically quantized (int8) weights (unless quantize=false)
       tokenizer.json        fast tokenizer (loaded with tokenizers.Tokenizer.from_file)
       tokenizer_config.json (+ any other files save_pretrained writes; for transformers users)
-      config.json, model.safetensors, emotrain_model.json   only with pytorch=true (PyTorch engine)
+      README.md             the model card
+      config.json, model.safetensors, emotrain_heads.safetensors, emotrain_model.json
+                            only with pytorch=true (PyTorch engine)
 """
 
 from __future__ import annotations

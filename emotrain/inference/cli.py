@@ -52,7 +52,7 @@ class _StderrHandler(logging.StreamHandler):
 
 
 @contextmanager
-def _logging_to_stderr(prog: str, level: int):
+def logging_to_stderr(prog: str, level: int):
     """Log records of the emotrain loggers as `prog: level: message` lines while the command runs."""
     handler = _StderrHandler()
     handler.setFormatter(_Formatter(prog))
@@ -202,7 +202,7 @@ def _chunks(records: Iterator, size: int) -> Iterator[list]:
 def predict_main(argv: list[str] | None = None) -> int:
     """Console script ``emotrain-predict``."""
     args = _predict_parser().parse_args(argv)
-    with _logging_to_stderr(PREDICT, logging.ERROR if args.quiet else logging.INFO):
+    with logging_to_stderr(PREDICT, logging.ERROR if args.quiet else logging.INFO):
         return _predict(args)
 
 
@@ -277,7 +277,7 @@ EXPORT_KEYS = {
     "samples": ("path", "text file (one per line) added to the built-in check texts"),
     "pytorch": (
         "bool",
-        "also write the PyTorch weights (config.json, model.safetensors, emotrain_model.json), default false",
+        "also write the PyTorch model folder (the run's model/ files), default false",
     ),
     "tokenizer": ("path", "tokenizer directory, for a bare checkpoint whose backbone tokenizer cannot be found"),
     "which": ("str", "best (default) or last checkpoint of a run directory"),
@@ -354,7 +354,7 @@ def export_main(argv: list[str] | None = None) -> int:
         _fail(EXPORT, e, 2)
     os.environ.setdefault("HF_HUB_OFFLINE", "1")
     os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
-    with _logging_to_stderr(EXPORT, logging.INFO):
+    with logging_to_stderr(EXPORT, logging.INFO):
         try:
             from emotrain.inference.onnx_export import export_bundle
 

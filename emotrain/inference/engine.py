@@ -40,6 +40,7 @@ from emotrain.inference.bundle import (
     normalize_thresholds,
     read_bundle,
 )
+from emotrain.inference.predictions import prediction_records
 from emotrain.preprocessing import Preprocessor
 from emotrain.utils import one_line
 
@@ -273,7 +274,7 @@ class EmotionInferenceEngine:
     ) -> list[dict]:
         """Texts -> results in input order. Internally sorted by token length, `batch_size` at a time."""
         probs, truncated = self.predict_scores(texts, batch_size=batch_size)
-        return self._results(probs, truncated, threshold)
+        return self.results(probs, truncated, threshold)
 
     def predict_scores(self, texts: Iterable[str], batch_size: int = 32) -> tuple[dict[str, np.ndarray], np.ndarray]:
         """Raw scores for evaluation: ({task: float32 [n, num_labels]}, truncated bool [n]), input order."""
@@ -346,30 +347,12 @@ class EmotionInferenceEngine:
             out.append((_utf8_safe(self.preprocessor(text)), cut))
         return out
 
-    def _results(self, probs: dict[str, np.ndarray], truncated: np.ndarray, threshold: float | None) -> list[dict]:
-        decisions = self.decide(probs, threshold)
-        n = len(truncated)
-        per_task = []
-        for t in self.tasks:
-            p = probs[t.name]
-            top = p.argmax(-1) if n else np.zeros(0, dtype=np.int64)
-            per_task.append((t, p.tolist(), top.tolist(), decisions[t.name].tolist()))
-        results = []
-        for i in range(n):
-            tasks: dict[str, dict] = {}
-            for t, p, top, dec in per_task:
-                scores = p[i]
-                label = t.labels[top[i]]
-                if t.multilabel:
-                    chosen = sorted((j for j, d in enumerate(dec[i]) if d), key=scores.__getitem__, reverse=True)
-                    labels = [t.labels[j] for j in chosen]
-                else:
-                    labels = [label]
-                tasks[t.name] = {"label": label, "labels": labels, "scores": dict(zip(t.labels, scores))}
-            results.append(
-                {self.primary_task: tasks[self.primary_task]["label"], "tasks": tasks, "truncated": bool(truncated[i])}
-            )
-        return results
+    def results(
+        self, probs: dict[str, np.ndarray], truncated: np.ndarray, threshold: float | None = None
+    ) -> list[dict]:
+        """Results (the class docstring's schema) from predict_scores' output, decided at the engine's thresholds
+        or `threshold`."""
+        return prediction_records(self.tasks, self.primary_task, probs, self.decide(probs, threshold), truncated)
 
 
 # --------------------------------------------------------------------------- loading

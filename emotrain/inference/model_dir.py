@@ -1,9 +1,16 @@
-"""The model/ directory of a run: the kept model's weights, Hugging Face config, tokenizer and emotrain_model.json.
+"""The model/ directory of a run: a Hugging Face model folder of the trained encoder, plus emotrain's heads and facts.
 
-`export_model` writes it from a checkpoint; `load_exported_model` rebuilds the model from it (the
-inference side's PyTorch engine and emotrain-export read it). The model facts (tasks, pooling,
-dropout, max length, preprocessing, primary task, backbone) come from the checkpoint's
-`model_info`; checkpoints written before it existed fall back to their saved config.
+    config.json, model.safetensors      the fine-tuned encoder: AutoModel.from_pretrained(DIR) loads it
+    tokenizer.json, tokenizer_config.json, ...   its tokenizer: AutoTokenizer.from_pretrained(DIR)
+    emotrain_heads.safetensors           one linear head per task (heads.TASK.weight / .bias)
+    emotrain_model.json                  tasks, labels, thresholds, pooling, max length, preprocessing, provenance
+    README.md                            the model card (written by the run, see emotrain.model_card)
+
+`export_model` writes it from a checkpoint; `load_exported_model` rebuilds the whole model from it (the
+inference side's PyTorch engine and emotrain-export read it). Folders written before format 2 kept
+every weight, heads included, in model.safetensors under `encoder.` / `heads.` names; they still load.
+The model facts (tasks, pooling, dropout, max length, preprocessing, primary task, backbone) come from
+the checkpoint's `model_info`; checkpoints written before it existed fall back to their saved config.
 """
 
 from __future__ import annotations
@@ -30,6 +37,10 @@ log = logging.getLogger("emotrain.checkpointing")
 
 EXPORT_FORMAT = "emotrain-model"
 EXPORT_META = "emotrain_model.json"
+HEADS_FILE = "emotrain_heads.safetensors"
+ENCODER_FILE = "model.safetensors"
+# 2: the encoder's weights under its own names (a Hugging Face folder) and the heads in HEADS_FILE.
+MODEL_DIR_VERSION = 2
 
 
 def _cfg_get(cfg, dotted: str, default=None):
@@ -60,7 +71,7 @@ def model_facts(ckpt: Mapping) -> dict:
 
 
 def export_model(checkpoint_path, out_dir, tokenizer, *, thresholds: dict | None = None) -> Path:
-    """Slim deployment export: config.json, model.safetensors, tokenizer files and emotrain_model.json in `out_dir`.
+    """The model/ folder (see the module docstring) of a checkpoint, written into `out_dir`.
 
     `checkpoint_path` may be a file, a checkpoints/ or a run directory (its best checkpoint if any, else last).
     `thresholds` ({task: [per-label threshold]}) overrides the checkpoint's own (tuned after training ends).
@@ -85,7 +96,9 @@ def export_model(checkpoint_path, out_dir, tokenizer, *, thresholds: dict | None
     extra = ckpt.get("extra") or {}
     meta = {
         "format": EXPORT_FORMAT,
-        "format_version": FORMAT_VERSION,
+        "format_version": MODEL_DIR_VERSION,
+        "checkpoint_format_version": FORMAT_VERSION,
+        "files": {"encoder": ENCODER_FILE, "heads": HEADS_FILE},
         "tasks": ckpt.get("tasks") or [],
         "primary_task": facts["primary_task"],
         "pooling": facts["pooling"],
@@ -113,7 +126,10 @@ def export_model(checkpoint_path, out_dir, tokenizer, *, thresholds: dict | None
         write_json(staging / "config.json", json_safe(ckpt["encoder_config"]))
         # clone(): safetensors refuses tensors that share storage (tied weights).
         tensors = {k: v.detach().cpu().contiguous().clone() for k, v in state.items()}
-        save_file(tensors, str(staging / "model.safetensors"), metadata={"format": "pt"})
+        encoder = {k.removeprefix("encoder."): v for k, v in tensors.items() if k.startswith("encoder.")}
+        heads = {k: v for k, v in tensors.items() if not k.startswith("encoder.")}
+        save_file(encoder, str(staging / ENCODER_FILE), metadata={"format": "pt"})
+        save_file(heads, str(staging / HEADS_FILE), metadata={"format": "pt"})
         tokenizer.save_pretrained(str(staging))
         write_json(staging / EXPORT_META, json_safe(meta))
         publish_modes(staging)
@@ -143,7 +159,7 @@ def load_exported_model(directory):
     directory = Path(directory)
     if not directory.is_dir():
         raise CheckpointError(f"exported model not found: {directory}; pass the directory export_model wrote")
-    for name in (EXPORT_META, "config.json", "model.safetensors"):
+    for name in (EXPORT_META, "config.json", ENCODER_FILE):
         if not (directory / name).is_file():
             raise CheckpointError(f"{directory / name}: missing; re-run export_model into {directory}")
     meta_path = directory / EXPORT_META
@@ -169,26 +185,33 @@ def load_exported_model(directory):
             f"{directory / 'config.json'}: cannot build the encoder ({type(e).__name__}: {one_line(e)[:160]}); "
             "re-run export_model"
         ) from None
-    weights_path = directory / "model.safetensors"
-    try:
-        state = load_file(str(weights_path))
-    except (SafetensorError, OSError, ValueError, RuntimeError) as e:
-        raise CheckpointError(
-            f"{weights_path}: unreadable weights (truncated or corrupt: {one_line(e)[:120]}); re-run export_model"
-        ) from None
+    weights_path = directory / ENCODER_FILE
+    heads_path = directory / HEADS_FILE
+    split = int(meta.get("format_version") or 1) >= MODEL_DIR_VERSION
+    if split and not heads_path.is_file():
+        raise CheckpointError(f"{heads_path}: missing; re-run export_model into {directory}")
+    state = {}
+    files = [(weights_path, "encoder."), (heads_path, "")] if split else [(weights_path, "")]
+    for path, prefix in files:
+        try:
+            state.update({prefix + k: v for k, v in load_file(str(path)).items()})
+        except (SafetensorError, OSError, ValueError, RuntimeError) as e:
+            raise CheckpointError(
+                f"{path}: unreadable weights (truncated or corrupt: {one_line(e)[:120]}); re-run export_model"
+            ) from None
+    heads_file = heads_path if split else weights_path
     heads = {k.split(".")[1] for k in state if k.startswith("heads.")}
     names = [t.name for t in tasks]
     if heads != set(names):
         raise CheckpointError(
-            f"{weights_path}: heads {sorted(heads)} do not match the tasks {names} in {EXPORT_META}; re-run "
-            "export_model"
+            f"{heads_file}: heads {sorted(heads)} do not match the tasks {names} in {EXPORT_META}; re-run export_model"
         )
     for t in tasks:
         w = state.get(f"heads.{t.name}.weight")
         if w is None or w.shape[0] != t.num_labels:
             got = None if w is None else w.shape[0]
             raise CheckpointError(
-                f"{weights_path}: head '{t.name}' has {got} outputs but {EXPORT_META} lists {t.num_labels} labels; "
+                f"{heads_file}: head '{t.name}' has {got} outputs but {EXPORT_META} lists {t.num_labels} labels; "
                 "re-run export_model"
             )
     model = MultiTaskModel(

@@ -51,7 +51,9 @@ from emotrain.inference.bundle import (
 )
 from emotrain.inference.engine import OnnxBackend, TorchBackend, activate
 from emotrain.io import publish_modes, write_json
+from emotrain.model_card import write_model_card
 from emotrain.preprocessing import Preprocessor
+from emotrain.results import METRICS_FILE
 from emotrain.utils import one_line
 
 log = logging.getLogger("emotrain.inference")
@@ -59,7 +61,7 @@ log = logging.getLogger("emotrain.inference")
 DEFAULT_OPSET = 17
 DEFAULT_ATOL = 1e-4
 DEFAULT_MIN_AGREEMENT = 0.9
-PYTORCH_FILES = ("config.json", "model.safetensors", "emotrain_model.json")
+PYTORCH_FILES = ("config.json", "model.safetensors", "emotrain_heads.safetensors", "emotrain_model.json")
 CHECK_BATCH = 8
 
 __all__ = [
@@ -497,6 +499,22 @@ def _run_checks(
     return checks
 
 
+def _test_facts(src) -> dict | None:
+    """The test metrics of the exported weights, from the run that kept them (None when unknown: a checkpoint that
+    is not its run's kept model, or no metrics.json)."""
+    result = src.run_result
+    if result is None or not result.test:
+        return None
+    return {
+        "split_size": (result.data_sizes or {}).get("test"),
+        "metrics": result.test,
+        "metrics_at_0.5": result.test_at_05,
+        "decisions": result.decisions,
+        "best": result.best,
+        "source": str(Path(src.run_dir) / METRICS_FILE) if src.run_dir else None,
+    }
+
+
 def _bundle_meta(
     src,
     source_path: Path,
@@ -543,6 +561,7 @@ def _bundle_meta(
             "sizes_bytes": {f: (staging / f).stat().st_size for f in files.values()},
         },
         "checks": checks,
+        "test": _test_facts(src),
         "pytorch_files": bool(pytorch),
         "backbone": src.meta.get("backbone"),
         "source": str(source_path.resolve()),
@@ -616,7 +635,8 @@ def export_bundle(
         if pytorch:
             if (source_path / "emotrain_model.json").is_file():
                 for name in PYTORCH_FILES:
-                    shutil.copy2(source_path / name, staging / name)
+                    if (source_path / name).is_file():  # model/ folders before format 2 have no heads file
+                        shutil.copy2(source_path / name, staging / name)
             else:
                 export_model(src.checkpoint, staging, src.tokenizer, thresholds=src.thresholds)
         meta = _bundle_meta(
@@ -632,6 +652,7 @@ def export_bundle(
             pad_id=pad_id,
         )
         write_json(staging / BUNDLE_META, meta)
+        write_model_card(staging, src.run_result, meta=meta, bundle=True)
         publish_modes(staging)
         _install(staging, out)
     finally:

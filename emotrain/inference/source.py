@@ -54,6 +54,8 @@ class ModelSource:
     checkpoint: Path | None  # the checkpoint file the weights came from (None: only an export dir)
     run_dir: Path | None
     path: Path  # what the user passed
+    # The run's metrics.json when these weights are the model that run kept (its test metrics describe them).
+    run_result: RunResult | None = None
 
     @property
     def max_length(self) -> int:
@@ -92,6 +94,17 @@ def _run_dir_of_checkpoint(ckpt: Path) -> Path | None:
     if parent.name == CHECKPOINT_DIR:
         return parent.parent
     return None
+
+
+def _kept_run_result(run_dir: Path | None) -> RunResult | None:
+    """The run's result (metrics.json), for a model known to be the one that run kept; None when unreadable."""
+    if run_dir is None or not (run_dir / METRICS_FILE).is_file():
+        return None
+    try:
+        return RunResult.read(run_dir / METRICS_FILE)
+    except EmotrainError as e:
+        log.warning("%s; the export carries no test metrics", e)
+        return None
 
 
 def _run_thresholds(run_dir: Path) -> tuple[Any, str] | None:
@@ -189,7 +202,8 @@ def load_source(path, *, which: str = "best", tokenizer: str | Path | None = Non
         raise CheckpointError(f"{ckpt}: lists no tasks; use a checkpoint written by emotrain training")
     # Thresholds.
     found = None
-    if ckpt_run is not None and ((path.is_dir() and which == "best") or _is_best_checkpoint(ckpt, ckpt_run)):
+    kept = ckpt_run is not None and ((path.is_dir() and which == "best") or _is_best_checkpoint(ckpt, ckpt_run))
+    if kept:
         found = _run_thresholds(ckpt_run)
     if found is None and (raw.get("extra") or {}).get("thresholds") is not None:
         found = (raw["extra"]["thresholds"], f"{ckpt.name}: extra['thresholds']")
@@ -214,7 +228,8 @@ def load_source(path, *, which: str = "best", tokenizer: str | Path | None = Non
         quiet.setLevel(level)
         shutil.rmtree(tmp, ignore_errors=True)
     tasks = [TaskSpec.from_dict(t) for t in meta["tasks"]]
-    return ModelSource(model, tok, meta, tasks, thresholds, source, ckpt.resolve(), ckpt_run, path)
+    result = _kept_run_result(ckpt_run) if kept else None
+    return ModelSource(model, tok, meta, tasks, thresholds, source, ckpt.resolve(), ckpt_run, path, result)
 
 
 def _thresholds(tasks: list[TaskSpec], found: tuple[Any, str] | None) -> tuple[dict, str]:
@@ -246,4 +261,7 @@ def _from_export_dir(directory: Path, tokenizer) -> ModelSource:
     src = meta.get("source_checkpoint")
     ckpt = Path(src) if src else None
     run_dir = directory.parent if _is_run_dir(directory.parent) else None
-    return ModelSource(model, tok, meta, tasks, thresholds, source, ckpt, run_dir, directory)
+    result = _kept_run_result(run_dir)
+    if result is not None and (not result.model_dir or Path(result.model_dir).resolve() != directory.resolve()):
+        result = None  # not the model/ that run kept
+    return ModelSource(model, tok, meta, tasks, thresholds, source, ckpt, run_dir, directory, result)

