@@ -88,10 +88,15 @@ def test_help_lists_config_groups():
         assert line in proc.stdout
 
 
-def test_goemotions_experiment_composes(tmp_path):
-    cfg = compose(["experiment=goemotions", "data.dir=/tmp/goemotions"], tmp_path)
+@pytest.mark.parametrize("experiment,epochs", [("goemotions", 5), ("goemotions_fast", 2)])
+def test_goemotions_experiments_compose(experiment, epochs, tmp_path):
+    cfg = compose([f"experiment={experiment}", "data.dir=/tmp/goemotions"], tmp_path)
     assert cfg.data.kind == "goemotions" and cfg.backbone.kind == "minilm"
     assert cfg.trainer.monitor == "emotion/macro_f1" and cfg.trainer.monitor_mode.value == "max"
+    assert cfg.trainer.epochs == epochs and cfg.loss.label_reduction.value == "sum"
+    from emotrain.recipe import validate_config
+
+    validate_config(cfg)
 
 
 # --------------------------------------------------------------------------- strict keys

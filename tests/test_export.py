@@ -78,6 +78,8 @@ def test_bundle_layout_and_metadata(kind, tmp_path_factory):
     assert meta["versions"]["torch"] and meta["export_versions"]["onnxruntime"] and meta["export_versions"]["onnx"]
     assert meta["onnx"]["opset"] == 17 and meta["onnx"]["outputs"] == [t["name"] for t in metrics["tasks"]]
     assert meta["onnx"]["inputs"] == ["input_ids", "attention_mask", "token_type_ids"]
+    assert meta["onnx"]["fusion"] is None  # fuse=false by default
+    assert "Attention" not in {n.op_type for n in onnx.load(str(bundle / "model.onnx")).graph.node}
 
     checks = meta["checks"]
     assert checks["samples"] >= 30
@@ -308,3 +310,28 @@ def test_python_m_emotrain_export_help():
         cwd=str(Path(__file__).resolve().parents[1]),
     )
     assert proc.returncode == 0 and "checkpoint=PATH" in proc.stdout and "quantize" in proc.stdout
+
+
+def test_fused_export_gives_the_same_predictions(tmp_path_factory, tmp_path):
+    """fuse=true rewrites the graph with onnxruntime's transformer optimizer (attention, embedding and skip layer
+    norms, GELU fused; int8 quantised from the fused graph) and its scores match the default plain bundle's."""
+    import onnx
+
+    from emotrain.inference import load_engine
+
+    run = trained_run("goemotions", tmp_path_factory)
+    plain = exported_bundle("goemotions", tmp_path_factory)
+    fused = export_bundle(run, tmp_path / "fused", fuse=True)
+    meta = json.loads((fused / "bundle.json").read_text())
+    fusion = meta["onnx"]["fusion"]
+    assert fusion["applied"] and fusion["fused_operators"]["Attention"] == 2  # the tiny BERT's two layers
+    assert fusion["nodes_after"] < fusion["nodes_before"] and fusion["max_abs_diff_vs_plain"] <= 1e-5
+    assert meta["checks"]["fp32"]["passed"] and meta["checks"]["int8"]["passed"]
+    ops = {n.op_type for n in onnx.load(str(fused / "model.onnx")).graph.node}
+    assert "Attention" in ops and "SkipLayerNormalization" in ops
+    assert "QAttention" in {n.op_type for n in onnx.load(str(fused / "model.int8.onnx")).graph.node}
+    texts = ["I love it", "this is awful and I am so angry about it", "", "meh " * 50]
+    a, _ = load_engine(fused, "onnx").predict_scores(texts)
+    b, _ = load_engine(plain, "onnx").predict_scores(texts)
+    for task in a:
+        np.testing.assert_allclose(a[task], b[task], atol=1e-5)

@@ -282,6 +282,7 @@ EXPORT_KEYS = {
     "tokenizer": ("path", "tokenizer directory, for a bare checkpoint whose backbone tokenizer cannot be found"),
     "which": ("str", "best (default) or last checkpoint of a run directory"),
     "per_channel": ("bool", "per-channel int8 weight scales (more accurate, same speed), default true"),
+    "fuse": ("bool", "fuse attention, layer norms and GELU with onnxruntime's optimizer (checked), default false"),
 }
 
 EXPORT_USAGE = (

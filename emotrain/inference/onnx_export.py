@@ -23,6 +23,7 @@ exporter (``dynamo=False``, no onnxscript needed), opset 17 by default.
 
 from __future__ import annotations
 
+import contextlib
 import csv
 import datetime as _dt
 import inspect
@@ -267,17 +268,95 @@ def _quiet_root_logger():
 
 
 def _quantize(fp32: Path, int8: Path, per_channel: bool = True) -> dict:
-    """onnxruntime dynamic quantization: int8 weights, activations quantized on the fly."""
+    """onnxruntime dynamic quantization: int8 weights, activations quantized on the fly (of the fused graph when
+    there is one: its Attention nodes become QAttention)."""
+    import onnx
     from onnxruntime.quantization import QuantType, quantize_dynamic
 
+    # Fused contrib operators (Attention, SkipLayerNormalization) defeat the quantizer's shape inference: their
+    # outputs are float tensors, say so.
+    options = {"DefaultTensorType": onnx.TensorProto.FLOAT}
     with _quiet_root_logger(), warnings.catch_warnings():
         warnings.simplefilter("ignore")
-        quantize_dynamic(str(fp32), str(int8), weight_type=QuantType.QInt8, per_channel=bool(per_channel))
+        quantize_dynamic(
+            str(fp32), str(int8), weight_type=QuantType.QInt8, per_channel=bool(per_channel), extra_options=options
+        )
     return {
         "method": "onnxruntime.quantization.quantize_dynamic",
         "weight_type": "QInt8",
         "per_channel": bool(per_channel),
     }
+
+
+def _encoder_shape(model) -> tuple[int, int]:
+    """(attention heads, hidden size) of the encoder (DistilBERT names them n_heads / dim)."""
+    config = model.encoder.config
+    heads = getattr(config, "num_attention_heads", None) or getattr(config, "n_heads", None)
+    hidden = getattr(config, "hidden_size", None) or getattr(config, "dim", None)
+    return int(heads), int(hidden)
+
+
+def _fuse(path: Path, model, feeds: dict[str, np.ndarray], atol: float) -> dict:
+    """Rewrite the fp32 graph at `path` with onnxruntime's transformer optimizer (fused attention, embedding and
+    skip layer norms, bias-GELU) when its outputs stay within `atol` of the plain graph's on `feeds`; the facts.
+    Families the optimizer does not recognise keep the plain graph (the facts say so)."""
+    import onnx
+    from onnxruntime.transformers import optimizer
+
+    heads, hidden = _encoder_shape(model)
+    before = len(onnx.load(str(path)).graph.node)
+    with _quiet_root_logger(), warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        fused = optimizer.optimize_model(str(path), model_type="bert", num_heads=heads, hidden_size=hidden)
+    stats = {k: v for k, v in fused.get_fused_operator_statistics().items() if v}
+    facts = {"optimizer": "onnxruntime.transformers.optimizer", "model_type": "bert", "nodes_before": before}
+    if not stats:
+        return {**facts, "applied": False, "reason": "nothing to fuse in this graph"}
+    candidate = path.with_suffix(".fused.onnx")
+    fused.save_model_to_file(str(candidate))
+    try:
+        plain, rewritten = _run_graph(path, feeds), _run_graph(candidate, feeds)
+        diff = max(float(np.abs(x - y).max()) for x, y in zip(plain, rewritten))
+    except Exception as e:  # onnxruntime refusing the rewritten graph: keep the plain one
+        candidate.unlink(missing_ok=True)
+        return {**facts, "applied": False, "reason": f"{type(e).__name__}: {one_line(e, 160)}"}
+    if not diff <= atol:
+        candidate.unlink(missing_ok=True)
+        return {**facts, "applied": False, "reason": f"outputs moved by {diff:.2e} (> {atol:g})"}
+    os.replace(candidate, path)
+    return {
+        **facts,
+        "applied": True,
+        "nodes_after": len(fused.model.graph.node),
+        "fused_operators": stats,
+        "max_abs_diff_vs_plain": diff,
+    }
+
+
+def _run_graph(path: Path, feeds: dict[str, np.ndarray]) -> list[np.ndarray]:
+    import onnxruntime as ort
+
+    options = ort.SessionOptions()
+    options.intra_op_num_threads = 1
+    session = ort.InferenceSession(str(path), options, providers=["CPUExecutionProvider"])
+    return session.run(None, feeds)
+
+
+@contextmanager
+def _eager_attention(model):
+    """Trace with eager attention: onnxruntime's optimizer recognises its MatMul-Softmax-MatMul pattern (torch's
+    sdpa op exports to a graph it does not fuse). Same maths; the model's own setting is restored."""
+    encoder = model.encoder
+    previous = getattr(encoder.config, "_attn_implementation", None)
+    try:
+        encoder.set_attn_implementation("eager")
+    except (AttributeError, ValueError):  # an encoder without switchable attention: trace it as it is
+        previous = None
+    try:
+        yield
+    finally:
+        if previous is not None:
+            encoder.set_attn_implementation(previous)
 
 
 # --------------------------------------------------------------------------- checks
@@ -443,30 +522,38 @@ def _load_exportable(source_path: Path, which: str, tokenizer):
 
 
 def _write_graphs(
-    src, staging: Path, *, opset: int, with_tt: bool, quantize: bool, per_channel: bool, steps: int
-) -> dict | None:
-    """Tokenizer files, the fp32 graph traced from the PyTorch model and (quantize) its int8 version; returns the
-    quantisation facts."""
+    src, staging: Path, *, opset: int, with_tt: bool, quantize: bool, per_channel: bool, fuse: bool, steps: int
+) -> tuple[dict | None, dict | None]:
+    """Tokenizer files, the fp32 graph traced from the PyTorch model (rewritten by onnxruntime's transformer
+    optimizer when `fuse`: off by default, it did not earn 5% on a CPU, BENCHMARKS.md) and (quantize) its int8
+    version; returns the quantisation and fusion facts."""
     hf_tok = src.tokenizer
     # Tokenizer files first: the trace's example input comes from the bundle's own tokenizer.
     hf_tok.save_pretrained(str(staging))
     if not (staging / TOKENIZER_FILE).is_file():
         hf_tok.backend_tokenizer.save(str(staging / TOKENIZER_FILE))
     example = hf_tok(["Hello there, how are you?", "I'm fine"], padding=True, return_tensors="np")
+    ids = np.asarray(example["input_ids"], dtype=np.int64)
+    mask = np.asarray(example["attention_mask"], dtype=np.int64)
     log.info("export step 1/%d: tracing the fp32 ONNX graph (opset %d)", steps, opset)
-    _export_onnx(
-        src.model,
-        staging / FP32_FILE,
-        src.tasks,
-        opset,
-        with_tt,
-        np.asarray(example["input_ids"], dtype=np.int64),
-        np.asarray(example["attention_mask"], dtype=np.int64),
-    )
+    with _eager_attention(src.model) if fuse else contextlib.nullcontext():
+        _export_onnx(src.model, staging / FP32_FILE, src.tasks, opset, with_tt, ids, mask)
+    fusion = None
+    if fuse:
+        feeds = {
+            "input_ids": ids,
+            "attention_mask": mask,
+            **({"token_type_ids": np.zeros_like(ids)} if with_tt else {}),
+        }
+        fusion = _fuse(staging / FP32_FILE, src.model, feeds, atol=1e-5)
+        if fusion["applied"]:
+            log.info("fused the graph: %s", ", ".join(f"{k} x{v}" for k, v in fusion["fused_operators"].items()))
+        else:
+            log.info("graph not fused: %s", fusion["reason"])
     if not quantize:
-        return None
+        return None, fusion
     log.info("export step 2/%d: quantising to int8 (onnxruntime dynamic, per_channel=%s)", steps, per_channel)
-    return _quantize(staging / FP32_FILE, staging / INT8_FILE, per_channel)
+    return _quantize(staging / FP32_FILE, staging / INT8_FILE, per_channel), fusion
 
 
 def _run_checks(
@@ -524,6 +611,7 @@ def _bundle_meta(
     opset: int,
     with_tt: bool,
     quantization,
+    fusion: dict | None,
     checks: dict,
     pytorch: bool,
     pad_id: int,
@@ -558,6 +646,7 @@ def _bundle_meta(
             "output_kind": "logits: softmax for multi-class tasks, sigmoid per label for multi-label tasks",
             "dynamic_axes": ["batch", "sequence"],
             "quantization": quantization,
+            "fusion": fusion,
             "sizes_bytes": {f: (staging / f).stat().st_size for f in files.values()},
         },
         "checks": checks,
@@ -589,6 +678,7 @@ def export_bundle(
     tokenizer=None,
     which: str = "best",
     per_channel: bool = True,
+    fuse: bool = False,
 ) -> Path:
     """Export `checkpoint` (a run dir - its best checkpoint -, a checkpoint file, or a model/ export) to a bundle.
 
@@ -618,8 +708,15 @@ def export_bundle(
     out.parent.mkdir(parents=True, exist_ok=True)
     staging = Path(tempfile.mkdtemp(prefix=f".{out.name}.", suffix=".tmp", dir=out.parent))
     try:
-        quantization = _write_graphs(
-            src, staging, opset=opset, with_tt=with_tt, quantize=quantize, per_channel=per_channel, steps=steps
+        quantization, fusion = _write_graphs(
+            src,
+            staging,
+            opset=opset,
+            with_tt=with_tt,
+            quantize=quantize,
+            per_channel=per_channel,
+            fuse=fuse,
+            steps=steps,
         )
         checks = _run_checks(
             src,
@@ -647,6 +744,7 @@ def export_bundle(
             opset=opset,
             with_tt=with_tt,
             quantization=quantization,
+            fusion=fusion,
             checks=checks,
             pytorch=pytorch,
             pad_id=pad_id,
