@@ -10,9 +10,9 @@ Endpoints (JSON in and out; every error is a JSON object ``{"error": {"status", 
     GET  /metadata  the bundle's facts (tasks, labels, thresholds, preprocessing, test metrics, versions) and card
     GET  /metrics   Prometheus text format (prometheus_client): requests, latency, batch sizes, texts, queue
 
-Micro-batching: requests that arrive within --max-wait-ms of each other (or until --max-batch texts) run as
-one length-sorted batch through the engine, one batch at a time, so many small concurrent requests cost about
-what one `predict_batch` over their texts costs; a lone request waits at most --max-wait-ms.
+Micro-batching: concurrent requests share engine batches (up to --max-batch texts, run in length-sorted calls,
+one batch at a time). A batch takes every queued request and, under load, waits up to --max-wait-ms for more; a
+lone request runs at once (MicroBatcher).
 
 Limits: --max-texts per request, --max-body-bytes per body, texts cut at --max-chars characters (the result says
 "truncated": true), --timeout seconds per request (504 after it). SIGTERM / Ctrl-C stop accepting connections,
