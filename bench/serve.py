@@ -22,6 +22,7 @@ import signal
 import socket
 import subprocess
 import sys
+import tempfile
 import threading
 import time
 from concurrent.futures import ThreadPoolExecutor
@@ -48,11 +49,13 @@ def free_port() -> int:
 def start_server(bundle: Path, port: int, args) -> subprocess.Popen:
     cmd = [sys.executable, "-m", "emotrain.inference.serve", "--model", str(bundle), "--port", str(port)]
     cmd += ["--threads", str(args.threads)] + (["--quantized"] if args.quantized else []) + args.server_args.split()
-    proc = subprocess.Popen(cmd, stderr=subprocess.PIPE, text=True, env={**os.environ, "PYTHONPATH": str(REPO)})
+    # stderr into a file, not a pipe nobody reads once the server is up (a full pipe would block the server).
+    log = tempfile.NamedTemporaryFile("w+", prefix="emotrain-serve-", suffix=".log", delete=False)
+    proc = subprocess.Popen(cmd, stderr=log, text=True, env={**os.environ, "PYTHONPATH": str(REPO)})
     deadline = time.time() + 120
     while time.time() < deadline:
         if proc.poll() is not None:
-            raise SystemExit(f"the server exited: {proc.stderr.read()}")
+            raise SystemExit(f"the server exited: {Path(log.name).read_text()}")
         try:
             conn = http.client.HTTPConnection("127.0.0.1", port, timeout=2)
             conn.request("GET", "/health")

@@ -167,6 +167,9 @@ BAD_REQUESTS = [
     (b'{"texts": ["a", null]}', 422, "got null", "texts[1]"),
     (b'{"texts": ["a"], "lang": "en"}', 422, "unknown field 'lang'", "lang"),
     (b'{"texts": ["a"], "threshold": 1.5}', 422, "between 0 and 1", "threshold"),
+    (b'{"texts": ["a"], "threshold": NaN}', 422, "between 0 and 1", "threshold"),
+    (b'{"texts": ["a"], "threshold": ' + b"9" * 5000 + b"}", 400, "not valid JSON", None),
+    (b"[" * 100_000 + b"]" * 100_000, 400, "not valid JSON", None),
     (b'{"texts": ["a"], "threshold": "high"}', 422, "between 0 and 1", "threshold"),
     (json.dumps({"texts": ["a"] * 300}).encode(), 413, "300 items; at most 256", "texts"),
 ]
@@ -179,6 +182,17 @@ def test_bad_requests_get_json_errors(server, raw, status, message, field):
     assert body["error"]["status"] == status and message in body["error"]["message"], body
     assert body["error"].get("field") == field
     assert call(server.port, "POST", "/predict", {"texts": ["still serving"]})[0] == 200
+
+
+def test_edge_thresholds_and_unencodable_text(server, engine):
+    # The engine's own range: 0 and 1 are thresholds like any other.
+    for threshold in (0, 1):
+        status, body, _ = call(server.port, "POST", "/predict", {"texts": TEXTS[:2], "threshold": threshold})
+        want = engine.predict_batch(TEXTS[:2], threshold=threshold)
+        assert status == 200 and [r["tasks"] for r in body["results"]] == [r["tasks"] for r in want]
+    # A lone surrogate is valid JSON but not UTF-8: the text is echoed back escaped, not a 500.
+    status, body, _ = call(server.port, "POST", "/predict", raw=b'{"texts": ["bad \\ud800 text", "fine"]}')
+    assert status == 200 and body["results"][0]["text"] == "bad \ud800 text" and len(body["results"]) == 2
 
 
 def test_oversized_body_wrong_method_and_path(server):
@@ -275,6 +289,45 @@ def test_request_timeout_is_a_504(bundle, tmp_path):
     finally:
         sock.close()
         assert server.stop()[0] == 0
+
+
+def test_a_run_directory_with_its_bundle_is_served(bundle, tmp_path):
+    # --model may name the run directory that holds bundle/ (as emotrain-predict accepts): /metadata reads the
+    # bundle the engine resolved.
+    server = Server(bundle.parent, tmp_path)
+    try:
+        status, meta, _ = call(server.port, "GET", "/metadata")
+        assert status == 200 and meta["model"] == str(bundle) and meta["card"].startswith("---\n")
+    finally:
+        assert server.stop()[0] == 0
+
+
+def test_a_failed_batch_answers_its_requests_and_the_batcher_goes_on():
+    import asyncio
+
+    from emotrain.inference.serve import BatchError, Metrics, MicroBatcher
+
+    class FlakyEngine:
+        calls = 0
+
+        def predict_scores(self, texts, batch_size):
+            FlakyEngine.calls += 1
+            if FlakyEngine.calls == 1:
+                raise RuntimeError("boom\nsecond line")
+            return {"t": [[0.5]] * len(texts)}, [False] * len(texts)
+
+        def results(self, probs, truncated, threshold=None):
+            return [{"ok": True} for _ in truncated]
+
+    async def scenario():
+        batcher = MicroBatcher(FlakyEngine(), Metrics(), max_batch=8, max_wait_s=0.001)
+        batcher.start()
+        with pytest.raises(BatchError, match=r"prediction failed \(RuntimeError: boom second line\)"):
+            await batcher.predict(["a"], None)
+        assert await batcher.predict(["b"], None) == [{"text": "b", "ok": True}]
+        await batcher.stop()
+
+    asyncio.run(scenario())
 
 
 def test_bad_bundle_and_bad_flags_are_one_line(tmp_path):

@@ -6,7 +6,7 @@ Endpoints (JSON in and out; every error is a JSON object ``{"error": {"status", 
 
     POST /predict   {"texts": ["...", ...], "threshold": 0.3?}  ->  {"results": [one per text, input order]}
                     each result as emotrain-predict prints it: text, the primary task's label, "tasks", "truncated"
-    GET  /health    200 {"status": "ready"} once the model is loaded and a warm-up batch ran; 503 while stopping
+    GET  /health    200 {"status": "ready"} once the model is loaded and a warm-up batch ran
     GET  /metadata  the bundle's facts (tasks, labels, thresholds, preprocessing, test metrics, versions) and card
     GET  /metrics   Prometheus text format (prometheus_client): requests, latency, batch sizes, texts, queue
 
@@ -36,6 +36,8 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from emotrain.utils import one_line
+
 log = logging.getLogger("emotrain.serve")
 PROG = "emotrain-serve"
 
@@ -53,6 +55,10 @@ DEFAULTS = {
 FIELDS = ("texts", "threshold")
 LATENCY_BUCKETS = (0.002, 0.005, 0.01, 0.02, 0.05, 0.1, 0.2, 0.5, 1.0, 2.0, 5.0, 10.0, 30.0)
 BATCH_BUCKETS = (1, 2, 4, 8, 16, 32, 64, 128, 256, 512)
+
+
+class BatchError(Exception):
+    """The engine failed on the batch a request was in (the batcher logged the traceback once)."""
 
 
 class RequestError(Exception):
@@ -181,7 +187,11 @@ class MicroBatcher:
                 await self.task
             except asyncio.CancelledError:
                 pass
-        self.executor.shutdown(wait=True)
+        while not self.queue.empty():  # nothing will run these any more: answer them rather than let them time out
+            job = self.queue.get_nowait()
+            if not job.future.done():
+                job.future.set_exception(BatchError("the server stopped before this request ran; retry"))
+        self.executor.shutdown(wait=False, cancel_futures=True)
 
     @contextlib.contextmanager
     def receiving(self):
@@ -230,9 +240,10 @@ class MicroBatcher:
                 outputs = await loop.run_in_executor(self.executor, self._predict, jobs)
             except Exception as e:  # an engine failure fails this batch's requests, not the server
                 log.exception("prediction failed for a batch of %d requests", len(jobs))
+                message = f"prediction failed ({type(e).__name__}: {one_line(e, 120)}); the server keeps serving"
                 for j in jobs:
                     if not j.future.done():
-                        j.future.set_exception(e)
+                        j.future.set_exception(BatchError(message))
                 continue
             for j, out in zip(jobs, outputs):
                 if not j.future.done():
@@ -264,11 +275,14 @@ def parse_predict_body(raw: bytes, max_texts: int) -> tuple[list[str], float | N
         raise RequestError(400, f"the body is not UTF-8 ({e.reason} at byte {e.start})") from None
     except json.JSONDecodeError as e:
         raise RequestError(400, f"the body is not valid JSON: {e.msg} (line {e.lineno}, column {e.colno})") from None
+    except (ValueError, RecursionError) as e:  # e.g. an integer over Python's digit limit, nesting too deep
+        raise RequestError(400, f"the body is not valid JSON here: {one_line(e, 120)}") from None
     if not isinstance(body, dict):
         raise RequestError(422, f'the body must be a JSON object like {{"texts": ["..."]}}, got {_kind(body)}')
     unknown = [k for k in body if k not in FIELDS]
     if unknown:
-        raise RequestError(422, f"unknown field {unknown[0]!r}; the fields are {', '.join(FIELDS)}", unknown[0])
+        name = one_line(unknown[0], 60)
+        raise RequestError(422, f"unknown field {name!r}; the fields are {', '.join(FIELDS)}", name)
     if "texts" not in body:
         raise RequestError(422, 'missing field "texts": a list of strings', "texts")
     texts = body["texts"]
@@ -283,10 +297,9 @@ def parse_predict_body(raw: bytes, max_texts: int) -> tuple[list[str], float | N
             raise RequestError(422, f'"texts"[{i}] must be a string, got {_kind(text)}', f"texts[{i}]")
     threshold = body.get("threshold")
     if threshold is not None:
-        if isinstance(threshold, bool) or not isinstance(threshold, (int, float)) or not 0 < threshold < 1:
-            raise RequestError(
-                422, f'"threshold" must be a number between 0 and 1 (exclusive), got {threshold!r}', "threshold"
-            )
+        if isinstance(threshold, bool) or not isinstance(threshold, (int, float)) or not 0 <= threshold <= 1:
+            got = one_line(repr(threshold), 60)
+            raise RequestError(422, f'"threshold" must be a number between 0 and 1, got {got}', "threshold")
         threshold = float(threshold)
     return texts, threshold
 
@@ -297,11 +310,13 @@ def _kind(value: Any) -> str:
     )
 
 
-def bundle_metadata(engine, bundle_dir: Path) -> dict:
-    """/metadata: what a client needs to know about the model served."""
-    from emotrain.inference.bundle import BUNDLE_META
+def bundle_metadata(engine) -> dict:
+    """/metadata: what a client needs to know about the model served (from the bundle directory the engine
+    resolved: --model may also name a run directory holding bundle/)."""
+    from emotrain.inference.bundle import read_bundle
 
-    meta = json.loads((bundle_dir / BUNDLE_META).read_text(encoding="utf-8"))
+    bundle_dir = Path(engine.source)
+    meta = read_bundle(bundle_dir).meta
     card = bundle_dir / "README.md"
     return {
         "model": str(bundle_dir),
@@ -329,11 +344,22 @@ def create_app(settings: Settings, engine=None):
     from starlette.applications import Starlette
     from starlette.exceptions import HTTPException
     from starlette.requests import ClientDisconnect, Request
-    from starlette.responses import JSONResponse, Response
+    from starlette.responses import JSONResponse as _StarletteJSON
+    from starlette.responses import Response
     from starlette.routing import Route
 
+    class JSONResponse(_StarletteJSON):
+        """UTF-8 JSON; a string JSON cannot carry as UTF-8 (a lone surrogate sent as "\\ud800" and echoed back)
+        goes out with \\u escapes instead of failing the response."""
+
+        def render(self, content: Any) -> bytes:
+            try:
+                return super().render(content)
+            except UnicodeEncodeError:
+                return json.dumps(content, separators=(",", ":")).encode("ascii")
+
     metrics = Metrics()
-    state: dict[str, Any] = {"ready": False, "stopping": False}
+    state: dict[str, Any] = {"ready": False}
 
     def error(status: int, message: str, field_name: str | None = None) -> JSONResponse:
         body = {"status": status, "message": message, **({"field": field_name} if field_name else {})}
@@ -342,7 +368,7 @@ def create_app(settings: Settings, engine=None):
     async def read_body(request: Request) -> bytes:
         declared = request.headers.get("content-length")
         if declared is not None:
-            if not declared.isdigit():
+            if not (declared.isascii() and declared.isdigit()):
                 raise RequestError(400, f"Content-Length {declared!r} is not a number")
             if int(declared) > settings.max_body_bytes:
                 raise RequestError(413, f"the body has {declared} bytes; at most {settings.max_body_bytes}")
@@ -355,8 +381,6 @@ def create_app(settings: Settings, engine=None):
         return b"".join(chunks)
 
     async def predict(request: Request) -> Response:
-        if state["stopping"]:
-            return error(503, "the server is shutting down; retry on another instance")
         batcher = state["batcher"]
         try:
             with batcher.receiving():
@@ -364,6 +388,8 @@ def create_app(settings: Settings, engine=None):
             results = await asyncio.wait_for(batcher.predict(texts, threshold), settings.timeout)
         except ClientDisconnect:  # the client left before sending its whole body: nobody to answer
             return Response(status_code=400)
+        except BatchError as e:  # logged once by the batcher
+            return error(500, str(e))
         except RequestError as e:
             return error(e.status, e.message, e.field)
         except asyncio.TimeoutError:
@@ -371,8 +397,6 @@ def create_app(settings: Settings, engine=None):
         return JSONResponse({"results": results})
 
     async def health(_: Request) -> Response:
-        if state["stopping"]:
-            return JSONResponse({"status": "stopping"}, status_code=503)
         if not state["ready"]:
             return JSONResponse({"status": "loading"}, status_code=503)
         return JSONResponse({"status": "ready", "quantized": state["engine"].quantized})
@@ -403,7 +427,7 @@ def create_app(settings: Settings, engine=None):
         loop = asyncio.get_running_loop()
         await loop.run_in_executor(None, lambda: eng.predict_batch(["warm-up"] * 8, batch_size=8))
         state["engine"] = eng
-        state["metadata"] = bundle_metadata(eng, Path(settings.model))
+        state["metadata"] = bundle_metadata(eng)
         state["batcher"] = MicroBatcher(
             eng, metrics, max_batch=settings.max_batch, max_wait_s=settings.max_wait_ms / 1000
         )
@@ -413,7 +437,6 @@ def create_app(settings: Settings, engine=None):
         try:
             yield
         finally:
-            state["stopping"] = True
             await state["batcher"].stop()
             log.info("stopped")
 
@@ -509,7 +532,12 @@ def parse_args(argv: list[str] | None = None) -> Settings:
     ap.add_argument("--host", default=DEFAULTS["host"], help="address to bind (default 127.0.0.1: this machine only)")
     ap.add_argument("--port", type=int, default=DEFAULTS["port"])
     ap.add_argument("--threads", type=int, default=None, help="onnxruntime threads (default: all cores)")
-    ap.add_argument("--max-batch", type=int, default=DEFAULTS["max_batch"], help="texts per engine batch")
+    ap.add_argument(
+        "--max-batch",
+        type=int,
+        default=DEFAULTS["max_batch"],
+        help="a batch stops taking requests once it holds this many texts",
+    )
     ap.add_argument(
         "--max-wait-ms",
         type=float,
@@ -560,7 +588,7 @@ def main(argv: list[str] | None = None) -> int:
         try:
             engine = load_served_engine(settings)  # before binding: a bad bundle fails fast, in one line
         except (EmotrainError, OSError, ValueError) as e:
-            print(f"{PROG}: error: {' '.join(str(e).split())}", file=sys.stderr)
+            print(f"{PROG}: error: {one_line(e, 500)}", file=sys.stderr)
             return 1
         import uvicorn
 
@@ -575,8 +603,9 @@ def main(argv: list[str] | None = None) -> int:
         )
         server = uvicorn.Server(config)
         server.run()  # SIGINT / SIGTERM: stop accepting, finish in-flight requests, run the lifespan's shutdown
-        if not server.started:  # uvicorn logged why (e.g. the port is taken)
-            print(f"{PROG}: error: could not listen on {settings.host}:{settings.port}", file=sys.stderr)
+        if not server.started:  # uvicorn logged why (the port is taken, the warm-up failed, ...)
+            where = f"{settings.host}:{settings.port}"
+            print(f"{PROG}: error: the server did not start on {where} (see above)", file=sys.stderr)
             return 1
     return 0
 
