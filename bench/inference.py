@@ -82,25 +82,26 @@ def read_goemotions(path: Path, limit: int | None) -> tuple[list[str], list[list
     return texts, gold, names
 
 
-def rss_mb() -> float:
+def _proc_status_mb(key: str) -> float | None:
+    """A memory line of /proc/self/status (VmRSS, VmHWM) in MB; None off Linux."""
     try:
         for line in Path("/proc/self/status").read_text().splitlines():
-            if line.startswith("VmRSS:"):
+            if line.startswith(key + ":"):
                 return int(line.split()[1]) / 1024
     except OSError:
         pass
-    return float("nan")
+    return None
+
+
+def rss_mb() -> float:
+    value = _proc_status_mb("VmRSS")
+    return float("nan") if value is None else value
 
 
 def peak_rss_mb() -> float:
     # VmHWM belongs to this process image; ru_maxrss also carries the parent's peak across fork + exec.
-    try:
-        for line in Path("/proc/self/status").read_text().splitlines():
-            if line.startswith("VmHWM:"):
-                return int(line.split()[1]) / 1024
-    except OSError:
-        pass
-    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024  # KiB on Linux
+    value = _proc_status_mb("VmHWM")
+    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024 if value is None else value  # KiB on Linux
 
 
 # --------------------------------------------------------------------------- worker (one engine per process)

@@ -35,8 +35,6 @@ from __future__ import annotations
 
 import argparse
 import json
-import os
-import subprocess
 import sys
 import tempfile
 import time
@@ -48,6 +46,7 @@ REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
 from machine import cpu, describe  # noqa: E402
+from train_throughput import child  # noqa: E402  (runs a child script, returns its RESULT line)
 
 NUM_LABELS = 28
 # Down to 0.001: a model trained with mean BCE (the Trainer's loss) gives rare labels probabilities far below 0.05,
@@ -167,27 +166,6 @@ recipe = TrainingRecipe(c, overrides).setup()
 recipe.train()
 result = {"points": points, "steps": recipe.state.global_step}
 """
-
-REPORT = r"""
-import json, resource
-result["peak_rss_mb"] = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
-print("RESULT", json.dumps(result))
-"""
-
-
-def child(code: str, cfg: dict) -> dict:
-    env = {**os.environ, "HF_HUB_OFFLINE": "1", "TOKENIZERS_PARALLELISM": "false", "PYTHONPATH": str(REPO)}
-    env["MLFLOW_DISABLE_TELEMETRY"] = "true"
-    proc = subprocess.run(
-        [sys.executable, "-c", code + REPORT, json.dumps(cfg), str(REPO / "tests")],
-        capture_output=True,
-        text=True,
-        env=env,
-    )
-    for line in proc.stdout.splitlines():
-        if line.startswith("RESULT "):
-            return json.loads(line[7:])
-    raise RuntimeError(f"benchmark child failed:\n{proc.stderr[-3000:]}")
 
 
 def read_gold(path: Path) -> np.ndarray:

@@ -109,6 +109,7 @@ print("RESULT", json.dumps(result))
 
 def child(code: str, cfg: dict) -> dict:
     env = {**os.environ, "HF_HUB_OFFLINE": "1", "TOKENIZERS_PARALLELISM": "false", "PYTHONPATH": str(REPO)}
+    env["MLFLOW_DISABLE_TELEMETRY"] = "true"
     proc = subprocess.run(
         [sys.executable, "-c", code + REPORT, json.dumps(cfg), str(REPO / "tests")],
         capture_output=True,

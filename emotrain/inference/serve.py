@@ -551,21 +551,7 @@ def parse_args(argv: list[str] | None = None) -> Settings:
     ap.add_argument("--grace", type=float, default=DEFAULTS["grace"], help="seconds to finish requests on SIGTERM")
     ap.add_argument("--access-log", action="store_true", help="log every request")
     a = ap.parse_args(argv)
-    settings = Settings(
-        model=Path(a.model),
-        quantized=a.quantized,
-        host=a.host,
-        port=a.port,
-        threads=a.threads,
-        max_batch=a.max_batch,
-        max_wait_ms=a.max_wait_ms,
-        max_texts=a.max_texts,
-        max_chars=a.max_chars,
-        max_body_bytes=a.max_body_bytes,
-        timeout=a.timeout,
-        grace=a.grace,
-        access_log=a.access_log,
-    )
+    settings = Settings(**{**vars(a), "model": Path(a.model)})  # one flag per Settings field
     try:
         settings.check()
     except ValueError as e:
