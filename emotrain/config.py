@@ -27,6 +27,7 @@ from emotrain.errors import ConfigError
 
 
 SEED_MAX = 2**32 - 1  # numpy's seeds are 32-bit
+INT_MAX = 2**31 - 1  # every integer key's ceiling unless its owner sets one: counts reach C ints (threads, steps)
 
 
 def _bound_text(low, low_open: bool, high, high_open: bool) -> str:
@@ -47,6 +48,8 @@ def check_range(
     """
     if value is None and optional:
         return
+    if integer and le is None and lt is None:
+        le = INT_MAX
     low, low_open = (gt, True) if gt is not None else (ge, False)
     high, high_open = (lt, True) if lt is not None else (le, False)
     bounds = _bound_text(low, low_open, high, high_open) if (low is not None or high is not None) else ""

@@ -42,6 +42,22 @@ class ConsoleFormatter(logging.Formatter):
         return text
 
 
+class ConsoleHandler(logging.StreamHandler):
+    """The console's handler. While a progress bar is on screen, a line goes through `tqdm.write`, which clears the
+    bar, writes the line and redraws the bar below it; written directly, line and bar garble each other."""
+
+    def emit(self, record: logging.LogRecord) -> None:
+        tqdm = sys.modules.get("tqdm.std")  # a bar exists only if tqdm was imported
+        if tqdm is None or not getattr(tqdm.tqdm, "_instances", None):
+            super().emit(record)
+            return
+        try:
+            tqdm.tqdm.write(self.format(record), file=self.stream)
+            self.flush()
+        except Exception:  # logging's contract: a failing handler reports, never raises
+            self.handleError(record)
+
+
 def is_terminal(stream=None) -> bool:
     stream = stream if stream is not None else sys.stderr
     try:
@@ -156,11 +172,11 @@ def _cell(value) -> str:
 
 def results_table(tasks: list[dict], test: dict, test_at_05: dict, *, n_test: int) -> list[str]:
     """Lines of the per-task test table: macro-F1, micro-F1, accuracy at the kept model's decisions; multi-label
-    tasks also at 0.5."""
+    tasks also at 0.5, and a line saying what their columns mean."""
     any_ml = any(t["multilabel"] for t in tasks)
     head = f"{'task':<14} {'labels':>6} {'macro-F1':>9} {'micro-F1':>9} {'accuracy':>9}"
     if any_ml:
-        head += f" {'macro-F1@0.5':>13}"
+        head += f" {'macro-F1@0.5':>13} {'micro-F1@0.5':>13}"
     lines = [head]
     for t in tasks:
         name = t["name"]
@@ -170,12 +186,18 @@ def results_table(tasks: list[dict], test: dict, test_at_05: dict, *, n_test: in
             f"{_cell(test.get(f'{name}/micro_f1')):>9} {_cell(test.get(f'{name}/{acc_key}')):>9}"
         )
         if any_ml:
-            row += f" {_cell(test_at_05.get(f'{name}/macro_f1')) if t['multilabel'] else '-':>13}"
+            for metric in ("macro_f1", "micro_f1"):
+                row += f" {_cell(test_at_05.get(f'{name}/{metric}')) if t['multilabel'] else '-':>13}"
         lines.append(row)
     lines.append(
         f"{'mean':<14} {'':>6} {_cell(test.get('macro_f1')):>9}   (test split, {n_test} examples; loss "
         f"{_cell(test.get('loss'))})"
     )
+    if any_ml:
+        lines.append(
+            "multi-label tasks: macro-F1, micro-F1 and accuracy at the kept model's thresholds (below); accuracy = "
+            "subset accuracy (every label right); @0.5: every label at 0.5"
+        )
     return lines
 
 

@@ -32,7 +32,7 @@ from omegaconf import DictConfig, OmegaConf
 from emotrain import distributed as ddp
 from emotrain.checkpointing import check_resume_compatible, validate_checkpoint_config
 from emotrain.config import check_config_keys, check_range, check_seed, choice
-from emotrain.console import FILE_ONLY, final_lines, is_terminal, progress
+from emotrain.console import FILE_ONLY, final_lines, progress
 from emotrain.data.cv import apply_cv, kfold_split, validate_cv_config
 from emotrain.data.loading import load_data, validate_data_config
 from emotrain.data.types import DataBundle, Split
@@ -504,14 +504,8 @@ class TrainingRecipe:
         cfg, state, dp = self.cfg, self.state, self.dp
         model, criterion, optimizer, scheduler = self.model, self.criterion, self.optimizer, self.scheduler
         accum, device, sampler, steps = self.accum, self.device, self.train_loader.batch_sampler, len(self.train_loader)
-        epochs = progress(
-            range(state.epoch, cfg.trainer.epochs),
-            desc="epochs",
-            total=cfg.trainer.epochs,
-            initial=state.epoch,
-            unit="epochs",
-            enabled=self.show_progress and is_terminal(),
-        )  # off a terminal the per-epoch log line says it
+        # One bar per epoch (below); each epoch ends with its log line, so an outer "epochs" bar adds only clutter.
+        epochs = range(state.epoch, cfg.trainer.epochs)
         stop = state.stopped_early or self._reached_max_steps()
         for epoch in epochs:
             if stop:
@@ -595,7 +589,6 @@ class TrainingRecipe:
             state.train_examples += seen
             train_loss = total / max(seen, 1)
             stop = self._evaluate_and_checkpoint(train_loss, epoch_done=True) or stop
-            epochs.set_postfix(train_loss=f"{train_loss:.4f}", val_loss=f"{state.history[-1]['val']['loss']:.4f}")
             if stop:
                 state.stopped_early = True
                 log.info(
@@ -748,6 +741,18 @@ class TrainingRecipe:
             )
         return stop
 
+    def _decisions(self) -> dict:
+        """How the kept model turns scores into labels: thresholds for multi-label tasks; single-label tasks take
+        the most probable class (argmax), so a run without multi-label tasks has nothing tuned."""
+        multilabel = [t.name for t in self.tasks if t.multilabel]
+        if not multilabel:
+            return {"policy": "argmax", "description": "the most probable class of each task", "applies_to": []}
+        return {
+            "policy": self.thresholds.suffix or "0.5",
+            "description": self.thresholds.description,
+            "applies_to": multilabel,
+        }
+
     def _log_evaluation(self, train_loss: float, metrics: dict, value: float, epoch_done: bool) -> None:
         state, suffix = self.state, self.thresholds.suffix
         decided = (
@@ -760,18 +765,20 @@ class TrainingRecipe:
             if epoch_done
             else f"step {state.global_step} (epoch {state.epoch + 1})"
         )
+        # The monitored value is repeated only when it is not the val loss already on the line.
+        best = f"best {state.best_value:.4f} @ epoch {state.best_epoch}"
+        monitored = (
+            f" | best val loss: {best[5:]}" if self.monitor == "loss" else f" | val {self.monitor} {value:.4f} ({best})"
+        )
         log.info(
-            "%s: train loss %.4f | val loss %.4f, macro-F1 %.4f%s%s | %s %.4f (best %.4f @ epoch %s)",
+            "%s: train loss %.4f | val loss %.4f, macro-F1 %.4f%s%s%s",
             where,
             train_loss,
             metrics["loss"],
             metrics["macro_f1"],
             " at 0.5" if decided else "",
             decided,
-            self.monitor,
-            value,
-            state.best_value,
-            state.best_epoch,
+            monitored,
         )
 
     # ------------------------------------------------------------------ save
@@ -856,11 +863,7 @@ class TrainingRecipe:
                 "value": state.best_value,
                 "split": "val",
             },
-            decisions={
-                "policy": self.thresholds.suffix or "0.5",
-                "description": self.thresholds.description,
-                "applies_to": [t.name for t in self.tasks if t.multilabel],
-            },
+            decisions=self._decisions(),
             best_epoch=state.best_epoch,
             epochs_run=state.epoch,
             global_steps=state.global_step,

@@ -166,7 +166,7 @@ def loss_curves_figure(train_losses, val_losses, val_metrics, title: str, best: 
     """Train and validation loss per epoch; the star marks the kept (best) epoch and says which metric chose it."""
     n = max(len(train_losses or []), len(val_losses or []), 1)
     best = best or default_best(val_losses)
-    fig = Figure(figsize=(8, 5), layout="constrained")
+    fig = Figure(figsize=(8, 6), layout="constrained")
     ax = fig.add_subplot()
     xs, ys = _series(train_losses)
     if xs:
@@ -179,10 +179,12 @@ def loss_curves_figure(train_losses, val_losses, val_metrics, title: str, best: 
         for k in d or {}:
             if k.endswith("/loss") and k not in task_keys:
                 task_keys.append(k)
-    for k in task_keys:
+    task_colors = ["tab:green", "tab:purple", "tab:brown", "tab:pink", "tab:olive", "tab:cyan", "tab:gray"]
+    for i, k in enumerate(task_keys):  # colours of their own: blue and orange are the train and validation loss
         xs, ys = _series(val_metrics, k)
         if xs:
-            ax.plot(xs, ys, ":", marker=".", lw=1.2, alpha=0.8, label=f"validation {k}")
+            color = task_colors[i % len(task_colors)]
+            ax.plot(xs, ys, ":", marker=".", color=color, lw=1.2, alpha=0.9, label=f"validation {k}")
     epoch = best.get("epoch")
     if epoch is not None and 1 <= epoch <= len(val_losses or []) and finite_or_none(val_losses[epoch - 1]) is not None:
         ax.axvline(epoch, color="grey", ls="--", lw=1)
@@ -191,17 +193,20 @@ def loss_curves_figure(train_losses, val_losses, val_metrics, title: str, best: 
             [val_losses[epoch - 1]],
             "*",
             color="tab:red",
-            ms=14,
+            ms=16,
+            mfc="none",
+            mew=1.8,
             zorder=5,
             label=f"kept: {describe_best(best)}",
-        )
+        )  # hollow: the validation point it marks stays visible
     if not ax.lines:
         ax.text(0.5, 0.5, "no losses recorded", ha="center", va="center", transform=ax.transAxes)
     ax.set_title(title)
     ax.set_ylabel("Loss")
     _epoch_axis(ax, list(range(1, n + 1)))
-    if ax.get_legend_handles_labels()[0]:
-        ax.legend(loc="best", fontsize=9)
+    ax.margins(y=0.08)  # no point on the frame
+    if ax.get_legend_handles_labels()[0]:  # below the axes: it never covers a curve
+        ax.legend(loc="upper center", bbox_to_anchor=(0.5, -0.12), ncols=2, fontsize=9, frameon=False)
     return fig
 
 
@@ -394,22 +399,32 @@ def _threshold_lines(run: Mapping) -> list[str]:
     labels = {t["name"]: t["labels"] for t in run.get("tasks") or []}
     lines = []
     for task, values in thresholds.items():
+        if values and len({round(v, 4) for v in values}) == 1:  # a fixed threshold: one number, not a list
+            lines.append(f"  {task}: {values[0]:.2f} for every label ({len(values)})")
+            continue
         pairs = ", ".join(f"{label} {v:.2f}" for label, v in zip(labels.get(task, []), values))
         lines.append(f"  {task}: {pairs}")
     return lines
 
 
 def _history_lines(history, monitor: str) -> list[str]:
-    lines = [f"  {'epoch':>5} {'step':>7} {'train loss':>11} {'val loss':>9} {monitor:>{max(len(monitor), 8)}}"]
-    for h in history:
+    """One row per epoch: losses, validation macro-F1 (multi-label runs: at 0.5 and at thresholds tuned for that
+    epoch) and the monitored metric unless it is one of those columns already."""
+    vals = [h.get("val") or {} for h in history]
+    columns = [("val loss", "loss"), ("macro-F1", "macro_f1")]
+    tuned = next((k for v in vals for k in v if k.startswith("macro_f1_") and "/" not in k), None)
+    if tuned:  # multi-label: the plain macro-F1 is at 0.5
+        columns = [("val loss", "loss"), ("macro-F1@0.5", "macro_f1"), (f"macro-F1 {tuned[9:]}", tuned)]
+    if monitor not in {key for _, key in columns}:
+        columns.append((monitor, monitor))
+    widths = [max(len(title), 9) for title, _ in columns]
+    header = " ".join(f"{title:>{w}}" for (title, _), w in zip(columns, widths))
+    lines = [f"  {'epoch':>5} {'step':>7} {'train loss':>11} {header}"]
+    for h, val in zip(history, vals):
         if not h.get("epoch_done", True):
             continue
-        val = h.get("val") or {}
-        lines.append(
-            f"  {h.get('epoch', ''):>5} {h.get('step', ''):>7} {_fmt(h.get('train_loss')):>11} "
-            f"{_fmt(val.get('loss')):>9} "
-            f"{_fmt(val.get(monitor)):>{max(len(monitor), 8)}}"
-        )
+        cells = " ".join(f"{_fmt(val.get(key)):>{w}}" for (_, key), w in zip(columns, widths))
+        lines.append(f"  {h.get('epoch', ''):>5} {h.get('step', ''):>7} {_fmt(h.get('train_loss')):>11} {cells}")
     return lines
 
 
@@ -440,9 +455,9 @@ def format_summary(
         decisions = run.get("decisions") or {}
         if decisions.get("applies_to"):
             lines.append(
-                f"  multi-label tasks ({', '.join(decisions['applies_to'])}) decide with {decisions['description']};"
+                f"  thresholds of the multi-label tasks ({', '.join(decisions['applies_to'])}): "
+                f"{decisions['description']}"
             )
-            lines.append("  macro-F1@0.5: the same model with every label at 0.5")
         if run.get("thresholds"):
             lines += ["", "Decision thresholds per label:"] + _threshold_lines(run)
         if errors:
@@ -457,6 +472,13 @@ def format_summary(
             f"({', '.join(f'{k} {_fmt(v)}' for k, v in at_best.items() if '/' not in k)}):",
         ]
         lines += [f"  {k}: {_fmt(v)}" for k, v in at_best.items() if "/" in k]
+        suffixes = sorted({k.rsplit("macro_f1_", 1)[1] for k in at_best if "macro_f1_" in k})
+        if suffixes:
+            lines.append(
+                "  multi-label tasks: plain F1 and accuracy values at threshold 0.5; "
+                + ", ".join(f"*_{x}: at {x} thresholds" for x in suffixes)
+                + " (tuned on val for that epoch where tuned)"
+            )
     lines += ["", "Per epoch:"]
     if run and run.get("history"):
         lines += _history_lines(run["history"], best.get("metric", "loss"))

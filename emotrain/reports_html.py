@@ -301,9 +301,14 @@ def sweep_summary_html(
     rows: Sequence[Sequence[Any]],
     plot: Path | None,
     notes: Sequence[str],
+    stats: tuple[Sequence[str], Sequence[Sequence[Any]]] | None = None,
 ) -> str:
-    """summary.html of a sweep: the ranked (or per-fold) table, the plot, and the text summary."""
+    """summary.html of a sweep: (k-fold) the statistics over folds, the ranked or per-fold table, the plot, and the
+    text summary."""
     body = f"<h1>{esc(title)}</h1>" + "".join(f"<p class=muted>{esc(n)}</p>" for n in notes)
+    if stats:
+        body += "<h2>Over folds</h2>" + table(*stats)
+        body += "<h2>Per fold</h2>"
     body += table(headers, rows, sortable=True)
     if plot is not None:
         body += image(plot, "sweep summary plot")

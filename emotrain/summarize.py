@@ -21,9 +21,11 @@ or the ranked groups with their confidence intervals) and summary.html (one self
 page) into SWEEP_DIR, replacing the previous ones atomically; --keep-history also keeps
 timestamped copies (kfold_results_<YYYYMMDD_HHMMSS>.json/.csv, sweep_results_...).
 
-"best" is the best value of a metric over a job's validation evaluations (min for
-losses, max otherwise; --mode overrides); "final" the last evaluation's; "test" the test
-split's, evaluated with the weights of the epoch trainer.monitor selected.
+"best" is a metric's validation value at the evaluation each job kept (the one its
+trainer.monitor chose: metrics.json's best_val), never the best over epochs, so every number
+belongs to a saved model; "final" the last evaluation's; "test" the test split's, evaluated
+with those kept weights. --mode sets which direction ranks (default: the objective's; min
+for losses, max otherwise).
 Standard deviations are sample standard deviations (ddof=1).
 
 Failed, interrupted and missing jobs are listed by name with the reason and left out of
@@ -100,7 +102,7 @@ def render_kfold_text(summary: Summary) -> str:
     if objective:
         lines.append(
             f"Objective: {objective.get('split', 'val')} {objective.get('metric')} ({objective.get('mode')}); 'best' "
-            "= best value over a fold's validation evaluations"
+            "= the value at the evaluation each fold kept (by that objective)"
         )
     if not summary.complete:
         missing = data["missing_folds"]
@@ -129,7 +131,7 @@ def render_kfold_text(summary: Summary) -> str:
             ]
         )
         best, final, test = (_nan_stats(stats[key]) for key in ("best_val", "final_val", "test"))
-        lines += ["", f"Best {label} per fold ({direction} is better):"]
+        lines += ["", f"{label[0].upper()}{label[1:]} at each fold's kept epoch ('best'; {direction} is better):"]
         lines += [
             "  " + line for line in table.to_string(index=False, float_format=NUM.format, na_rep="-").splitlines()
         ]
@@ -162,13 +164,18 @@ def render_sweep_text(summary: Summary) -> str:
         f"{', '.join(data['aggregate'])})",
     ]
     lines.append(
-        f"Ranked by mean best validation {data['metric']} ({direction} is better); std: sample (ddof=1); ci95: t "
-        "distribution"
+        f"Ranked by mean validation {data['metric']} at each job's kept evaluation ({direction} is better); std: "
+        "sample (ddof=1); ci95: t distribution"
     )
     if not summary.complete:
         lines.append(
             f"WARNING: {data['n_jobs'] - data['n_completed']} job(s) without results; their groups' statistics cover "
             "fewer jobs (see n / of)"
+        )
+    if "seed" in data["varying"]:
+        lines.append(
+            "Note: seed varies, so each seed is its own group (n=1, no interval); pass --aggregate seed to pool "
+            "seeds as replicates (mean, std and 95% CI per setting)"
         )
     lines += summary.missing_lines
     for g in data["groups"]:
@@ -187,8 +194,8 @@ SUMMARY_FILES = ("summary.json", "summary.csv", "summary.png", "summary.html")
 
 
 def plot_summary(summary: Summary, path: Path) -> Path:
-    """k-fold: the best validation value per fold with the mean and a +- std band; a sweep: the groups ranked,
-    best on top, each with its 95% confidence interval."""
+    """k-fold: the validation value at each fold's kept epoch with the mean and a ± std band; a sweep: the groups
+    ranked, best on top, each with its 95% confidence interval."""
     from matplotlib.figure import Figure
 
     from emotrain.reports import _save_figure
@@ -202,15 +209,16 @@ def plot_summary(summary: Summary, path: Path) -> Path:
             for f in data["folds"]
             if f["status"] == "completed" and finite_or_none(f.get(f"best_val_{metric}")) is not None
         ]
-        fig = Figure(figsize=(max(6.0, 0.9 * len(folds) + 3), 4.6), layout="constrained")
+        fig = Figure(figsize=(max(8.0, 0.9 * len(folds) + 3), 5.2), layout="constrained")
         ax = fig.add_subplot()
-        xs = [str(f["fold"]) for f in folds]
+        xs = list(range(len(folds)))  # numeric positions, fold numbers as tick labels
+        ax.set_xticks(xs, [str(f["fold"]) for f in folds])
         ax.bar(
             xs,
             [f[f"best_val_{metric}"] for f in folds],
             color="tab:blue",
             alpha=0.85,
-            label=f"best validation {metric}",
+            label=f"validation {metric} (kept epoch)",
         )
         tests = [
             (x, f.get(f"test_{metric}"))
@@ -222,17 +230,17 @@ def plot_summary(summary: Summary, path: Path) -> Path:
         stats = data["summary"][metric]["best_val"]
         if finite_or_none(stats.get("mean")) is not None:
             std = finite_or_none(stats.get("std")) or 0.0
-            ax.axhline(
-                stats["mean"], color="black", ls="--", lw=1.2, label=f"mean {stats['mean']:.4f} +- {std:.4f} (std)"
-            )
+            label = f"mean {stats['mean']:.4f} ± {std:.4f} (sample std)"
+            ax.axhline(stats["mean"], color="black", ls="--", lw=1.2, label=label)
             ax.axhspan(stats["mean"] - std, stats["mean"] + std, color="grey", alpha=0.15)
         ax.set_xlabel("fold")
         ax.set_ylabel(metric)
         ax.set_title(
-            f"{len(folds)}-fold cross-validation: best validation {metric} per fold "
-            f"({'lower' if mode == 'min' else 'higher'} is better)"
+            f"{data['k']}-fold cross-validation ({len(folds)} of {data['k']} folds): validation {metric} at the kept "
+            f"epoch, per fold ({'lower' if mode == 'min' else 'higher'} is better)",
+            fontsize=10,
         )
-        ax.legend(loc="lower right", fontsize=8)
+        ax.legend(loc="upper center", bbox_to_anchor=(0.5, -0.14), ncols=2, fontsize=8, frameon=False)
         ax.grid(True, axis="y", alpha=0.3)
     else:
         groups = [g for g in data["groups"] if finite_or_none(g.get("mean")) is not None]
@@ -248,10 +256,36 @@ def plot_summary(summary: Summary, path: Path) -> Path:
         high = [g["ci95_high"] - g["mean"] if finite_or_none(g.get("ci95_high")) is not None else 0.0 for g in groups]
         ax.barh(ys, means, xerr=[low, high], color="tab:blue", alpha=0.85, capsize=4, ecolor="black")
         ax.set_yticks(ys, [f"#{g['rank']}  {label}  (n={g['n']})" for g, label in zip(groups, labels)], fontsize=8)
-        ax.set_xlabel(f"mean best validation {data['metric']} (error bars: 95% t interval)")
+        ax.set_xlabel(f"mean validation {data['metric']} at the kept epoch (error bars: 95% t interval)")
         ax.set_title(f"sweep ranked by {data['metric']} ({'lower' if data['mode'] == 'min' else 'higher'} is better)")
         ax.grid(True, axis="x", alpha=0.3)
     return _save_figure(fig, path)
+
+
+KFOLD_STATS_HEADERS = ("metric", "split", "n", "mean ± std", "ci95", "min", "max", "best fold")
+
+
+def _kfold_stats_rows(data: dict) -> list[list]:
+    """The k-fold page's statistics table: per metric and split (kept-epoch validation, final, test)."""
+    rows = []
+    for metric, entry in data["summary"].items():
+        for split, label in (("best_val", "val (kept epoch)"), ("final_val", "val (last epoch)"), ("test", "test")):
+            st = entry.get(split) or {}
+            if not st.get("n"):
+                continue
+            rows.append(
+                [
+                    metric,
+                    label,
+                    st["n"],
+                    f"{_fmt(st.get('mean'))} ± {_fmt(st.get('std'))}",
+                    f"[{_fmt(st.get('ci95_low'))}, {_fmt(st.get('ci95_high'))}]",
+                    finite_or_none(st.get("min")),
+                    finite_or_none(st.get("max")),
+                    (entry.get("best_fold") or {}).get("fold") if split == "best_val" else None,
+                ]
+            )
+    return rows
 
 
 def write_summary(summary: Summary, sweep_dir: str | Path, keep_history: bool = False) -> list[Path]:
@@ -271,9 +305,10 @@ def write_summary(summary: Summary, sweep_dir: str | Path, keep_history: bool = 
     notes = [
         line
         for line in summary.text.splitlines()
-        if line.startswith(("Folds:", "Jobs:", "Objective:", "Ranked by", "WARNING"))
+        if line.startswith(("Folds:", "Jobs:", "Objective:", "Ranked by", "WARNING", "Note:"))
     ]
-    page = sweep_summary_html(title, summary.text, [str(c) for c in table.columns], rows, png_path, notes)
+    stats = (KFOLD_STATS_HEADERS, _kfold_stats_rows(summary.data)) if summary.kind == "kfold" else None
+    page = sweep_summary_html(title, summary.text, [str(c) for c in table.columns], rows, png_path, notes, stats)
     atomic_write(html_path, lambda fh: fh.write(page))
     summary.files = [json_path, csv_path, png_path, html_path]
     if keep_history:

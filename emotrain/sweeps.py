@@ -234,14 +234,17 @@ def infer_mode(metric: str, objective: dict | None = None) -> str:
     return "min" if metric.split("/")[-1].endswith("loss") else "max"
 
 
-def job_values(metrics: dict, metric: str, mode: str) -> dict[str, float]:
-    """best (over the validation evaluations), final (last evaluation) and test value of `metric`; NaN where absent."""
-    history = [finite_or_none((h.get("val") or {}).get(metric)) for h in metrics.get("history") or []]
-    history = [v for v in history if v is not None]
-    if history:
-        best = history[best_index(history, mode)]
-    else:
-        best = finite_or_none((metrics.get("best_val") or {}).get(metric))
+def job_values(metrics: dict, metric: str) -> dict[str, float]:
+    """`metric` at the kept evaluation ("best": the one trainer.monitor chose, metrics.json's best_val), at the
+    last evaluation ("final") and on test; NaN where absent. Never the best over epochs: a summary ranks and
+    reports the models the runs kept, not epochs no saved model has."""
+    best = finite_or_none((metrics.get("best_val") or {}).get(metric))
+    kept_step = (metrics.get("best") or {}).get("step")
+    if best is None:  # best_val without this metric (an older metrics.json): the kept evaluation's history entry
+        for h in metrics.get("history") or []:
+            same = h.get("step") == kept_step if kept_step is not None else h.get("epoch") == metrics.get("best_epoch")
+            if same and metrics.get("best_epoch") is not None:
+                best = finite_or_none((h.get("val") or {}).get(metric))
     final = finite_or_none((metrics.get("final_val") or {}).get(metric))
     test = finite_or_none((metrics.get("test") or {}).get(metric))
     nan = float("nan")
@@ -384,7 +387,7 @@ def _kfold_summary(sweep_dir: Path, jobs: list[Job], metrics, mode, objective, s
         row = {"fold": j.fold, "job": j.name, "status": j.status, "best_epoch": (j.metrics or {}).get("best_epoch")}
         for m in chosen:
             vals = (
-                job_values(j.metrics, m, modes[m])
+                job_values(j.metrics, m)
                 if j.ok
                 else {"best": float("nan"), "final": float("nan"), "test": float("nan")}
             )
@@ -446,7 +449,7 @@ def _sweep_summary(
     rows, missing_folds_total = [], []
     for key, group in groups.items():
         ok = [j for j in group if j.ok]
-        vals = [job_values(j.metrics, metric, m_mode) for j in ok]
+        vals = [job_values(j.metrics, metric) for j in ok]
         s = describe([v["best"] for v in vals])
         test = describe([v["test"] for v in vals])
         cv = _group_kfold(group)
@@ -469,9 +472,7 @@ def _sweep_summary(
             }
         )
         for m in extra:
-            row[f"{m}_mean"] = describe(
-                [job_values(j.metrics, m, mode or infer_mode(m, objective))["best"] for j in ok]
-            )["mean"]
+            row[f"{m}_mean"] = describe([job_values(j.metrics, m)["best"] for j in ok])["mean"]
         row["_jobs"] = [j.name for j in group]
         row["_missing_folds"] = missing_folds
         row["_overrides"] = dicts[key]
@@ -519,7 +520,7 @@ def _sweep_summary(
                 "status": j.status,
                 "fold": j.fold,
                 "overrides": j.overrides,
-                "values": job_values(j.metrics, metric, m_mode) if j.ok else None,
+                "values": job_values(j.metrics, metric) if j.ok else None,
             }
             for j in jobs
         ],
@@ -550,6 +551,8 @@ def compute_summary(
         )
     done = [j for j in jobs if j.ok]
     objective = next((j.metrics.get("objective") for j in done if j.metrics.get("objective")), None)
+    if objective:  # what the jobs optimised; its "value" is one job's, not the sweep's
+        objective = {k: v for k, v in objective.items() if k != "value"}
     known = available_metrics(jobs)
     for m in metrics or []:
         if done and m not in known:

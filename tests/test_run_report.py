@@ -75,6 +75,7 @@ def test_every_output_names_the_monitored_best_epoch(monitored_run):
     assert f"Kept model:</b> {kept}" in (run / "report" / "report.html").read_text()
     ckpt = json.loads((run / "checkpoints" / "best.json").read_text())
     assert ckpt["epoch"] == best["epoch"]  # the model kept is the one the reports name
+    assert metrics["decisions"]["policy"] == "argmax" and metrics["decisions"]["applies_to"] == []  # nothing tuned
 
 
 def test_summary_leads_with_the_answer(monitored_run):
@@ -100,6 +101,8 @@ def test_console_is_short_and_ends_with_the_results(monitored_run):
     )
     log_file = (run / "emotrain.log").read_text()
     assert "reproducibility:" in log_file and "saved checkpoint" in log_file  # the details are in the log file
+    epoch_line = next(line for line in out if "epoch 1/10:" in line)
+    assert "| val emotion/accuracy " in epoch_line and "(best " in epoch_line  # the monitor, named once
     tail = out[-8:]
     assert any("test results of the best epoch" in line for line in tail)
     emotion = next(line for line in tail if re.search(r"\]\s+emotion\s", line))
@@ -144,11 +147,69 @@ def test_multilabel_numbers_say_at_which_thresholds(goemotions_slice, tmp_path, 
     )
     run = Path(results["config"]["paths"]["output_dir"])
     summary = (run / "report" / "summary.txt").read_text()
-    assert "decide with per-label thresholds tuned on val" in summary and "macro-F1@0.5" in summary
+    assert "(emotion, ekman, sentiment): per-label thresholds tuned on val" in summary
+    assert "macro-F1@0.5" in summary and "micro-F1@0.5" in summary and "accuracy = subset accuracy" in summary
     assert "Decision thresholds per label:" in summary
+    # every validation number says how it was obtained: the plain keys at 0.5, *_tuned at the epoch's thresholds
+    assert "plain F1 and accuracy values at threshold 0.5; *_tuned: at tuned thresholds" in summary
+    per_epoch = summary.split("Per epoch:")[1].split("\n\n")[0]
+    assert "macro-F1@0.5" in per_epoch and "macro-F1 tuned" in per_epoch
+    kept = results["history"][results["best_epoch"] - 1]["val"]
+    assert f"{kept['macro_f1_tuned']:.4f}" in per_epoch
     page = Page((run / "report" / "report.html").read_text())
     assert "macro-F1 at 0.5" in page.cells and "Decision thresholds" in page.text
     assert f"{results['test_at_0.5']['emotion/macro_f1']:.4f}" in page.cells
+
+
+def test_log_lines_and_bars_do_not_garble_a_terminal(tmp_path):
+    """On a terminal the bars (stderr) and the log lines (stdout) share one screen: every log line starts on a line
+    of its own (the bar is cleared first), never glued to the end of a bar."""
+    import fcntl
+    import os
+    import pty
+    import struct
+    import subprocess
+    import sys
+    import termios
+
+    from conftest import subprocess_env
+
+    master, slave = pty.openpty()
+    fcntl.ioctl(slave, termios.TIOCSWINSZ, struct.pack("HHHH", 40, 120, 0, 0))  # 40 x 120: bars need a width
+    # evaluations every 5 steps: their log lines come while the epoch's bar is on screen
+    args = [
+        *QUICK,
+        "trainer.epochs=2",
+        "trainer.eval_every_steps=5",
+        "trainer.progress=true",
+        f"hydra.run.dir={tmp_path / 'run'}",
+    ]
+    proc = subprocess.Popen(
+        [sys.executable, "-m", "emotrain", *args],
+        cwd=tmp_path,
+        env=subprocess_env(tmp_path / "cache"),
+        stdin=subprocess.DEVNULL,
+        stdout=slave,
+        stderr=slave,
+    )
+    os.close(slave)
+    raw = b""
+    while True:
+        try:
+            chunk = os.read(master, 65536)
+        except OSError:  # the child closed the terminal
+            break
+        if not chunk:
+            break
+        raw += chunk
+    os.close(master)
+    assert proc.wait(timeout=240) == 0, raw[-3000:]
+    text = raw.decode("utf-8", "replace")
+    assert "batches/s]" in text or "batches]" in text, "no progress bar was drawn on the terminal"
+    starts = [m.start() for m in re.finditer(r"\[\d\d:\d\d:\d\d\] ", text)]
+    assert len(starts) > 5
+    glued = [text[max(0, i - 40) : i + 30] for i in starts if i and text[i - 1] not in "\r\n"]
+    assert not glued, glued
 
 
 def test_progress_lines_off_a_terminal(monkeypatch, caplog):

@@ -133,7 +133,8 @@ def test_kfold_report_statistics_and_files(tmp_path, capsys):
     )
     assert "Min / max best validation loss: 0.600000 / 0.950000" in out
     assert "Best fold: 1 (best validation loss 0.600000, job 1_fold1)" in out
-    f1_best = [max(0.1 * (f + 1) + 0.01 * i for i in range(len(losses[f]))) for f in range(3)]
+    kept = {f: losses[f].index(min(losses[f])) for f in range(3)}  # the epoch each fold kept (by val loss)
+    f1_best = [0.1 * (f + 1) + 0.01 * kept[f] for f in range(3)]
     mean, std = value_after(out, "Mean best validation macro_f1")
     assert mean == pytest.approx(statistics.mean(f1_best), abs=1e-6) and std == pytest.approx(
         statistics.stdev(f1_best), abs=1e-6
@@ -294,6 +295,36 @@ def test_aggregate_pools_an_extra_key(tmp_path):
     groups = {g["overrides"]["optim.lr"]: g for g in s.data["groups"]}
     assert groups["1e-3"]["rank"] == 1 and groups["1e-3"]["n"] == 2
     assert groups["1e-4"]["mean"] == pytest.approx(0.6)
+
+
+def test_values_are_the_kept_epochs_not_the_best_over_epochs(tmp_path, capsys):
+    """Kept by val loss at epoch 3 while macro_f1 peaked at epoch 2: the summary reports epoch 3's macro_f1 (the
+    model the run kept, as its metrics.json's best_val), never epoch 2's."""
+    sweep = tmp_path / "kept"
+    make_job(sweep, "0", 0, ["optim.lr=1e-3"], val_loss=[0.9, 0.8, 0.7], val_f1=[0.10, 0.30, 0.20])
+    make_job(sweep, "1", 1, ["optim.lr=1e-4"], val_loss=[0.9, 0.6, 0.8], val_f1=[0.10, 0.25, 0.40])
+    assert summarize_main([str(sweep), "--metric", "macro_f1"]) == 0
+    out = capsys.readouterr().out
+    assert "at each job's kept evaluation" in out
+    data = json.loads((sweep / "summary.json").read_text())
+    means = {g["overrides"]["optim.lr"]: g["mean"] for g in data["groups"]}
+    assert means == {"1e-3": pytest.approx(0.20), "1e-4": pytest.approx(0.25)}  # best over epochs: 0.30 / 0.40
+    assert [g["overrides"]["optim.lr"] for g in data["groups"]] == ["1e-4", "1e-3"]
+    assert "value" not in data["objective"]  # one job's objective value is not the sweep's
+    # k-fold: the per-fold 'best' column and its statistics are the kept epoch's too
+    kf = tmp_path / "kf"
+    kf.mkdir()
+    write_multirun(kf, ["sweep=kfold", "cv.k=2"], {"cv.fold": "range(${cv.k})"}, cv_k=2)
+    for fold, (losses, f1s) in enumerate([([0.9, 0.7], [0.5, 0.3]), ([0.8, 0.6], [0.6, 0.4])]):
+        cv = {"kind": "kfold", "k": 2, "fold": fold, "seed": 42, "stratified": True, "include_val": False}
+        overrides = [f"cv.fold={fold}", "sweep=kfold", "cv.k=2"]
+        make_job(kf, f"{fold}_fold{fold}", fold, overrides, cv=cv, val_loss=losses, val_f1=f1s)
+    s = summarize(kf, metrics=["macro_f1"])
+    assert s.kind == "kfold"
+    assert [f["best_val_macro_f1"] for f in s.data["folds"]] == pytest.approx([0.3, 0.4])
+    assert s.data["summary"]["macro_f1"]["best_val"]["mean"] == pytest.approx(0.35)
+    page = (kf / "summary.html").read_text()
+    assert "Over folds" in page and "0.350000 ± 0.070711" in page  # mean ± sample std in a table, not only the text
 
 
 # --------------------------------------------------------------------------- errors and CLI
