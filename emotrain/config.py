@@ -48,8 +48,6 @@ def check_range(
     """
     if value is None and optional:
         return
-    if integer and le is None and lt is None:
-        le = INT_MAX
     low, low_open = (gt, True) if gt is not None else (ge, False)
     high, high_open = (lt, True) if lt is not None else (le, False)
     bounds = _bound_text(low, low_open, high, high_open) if (low is not None or high is not None) else ""
@@ -63,6 +61,8 @@ def check_range(
         high is not None and (value >= high if high_open else value > high)
     ):
         raise ConfigError(f"{key}={value}: must be {bounds}" + (" or null" if optional else ""))
+    if integer and high is None and value > INT_MAX:
+        raise ConfigError(f"{key}={value}: must be at most {INT_MAX}")
 
 
 def check_seed(key: str, seed) -> None:

@@ -74,6 +74,11 @@ def is_resuming(run_dir: Path, resume: str | None, root_dir: Path) -> bool:
     return target == run_dir or run_dir in target.parents
 
 
+def _own(name: str) -> bool:
+    """Files a run (or a failed earlier attempt, or Hydra) leaves in its directory."""
+    return name in (LOCK_FILE, ".hydra", "status.json", *RESULTS) or name.endswith((".log", ".tmp"))
+
+
 def claim_run_dir(
     run_dir: str | os.PathLike, *, resume: str | None = None, root_dir: str | os.PathLike = "."
 ) -> RunDirLock:
@@ -103,6 +108,15 @@ def claim_run_dir(
             )
         if resuming:
             remove_stale_temporaries(run_dir, locked=True)
+        else:
+            others = sorted(p.name for p in run_dir.iterdir() if not _own(p.name))
+            if others:  # not a run's: the user's files, which the run's outputs would sit among
+                log.warning(
+                    "run directory %s already holds other files (%s%s); the run writes beside them",
+                    run_dir,
+                    ", ".join(others[:5]),
+                    ", ..." if len(others) > 5 else "",
+                )
     except BaseException:
         lock.release()
         raise

@@ -45,7 +45,7 @@ from typing import Any
 
 from emotrain.io import atomic_write, write_json
 from emotrain.sweeps import EXIT_OK, EXIT_USAGE, Summary, SummaryError, compute_summary
-from emotrain.utils import finite_or_none
+from emotrain.utils import OneLineArgumentParser, finite_or_none
 
 
 def summarize(
@@ -324,7 +324,7 @@ def write_summary(summary: Summary, sweep_dir: str | Path, keep_history: bool = 
 
 
 def build_parser() -> argparse.ArgumentParser:
-    p = argparse.ArgumentParser(
+    p = OneLineArgumentParser(
         prog="emotrain-summarize",
         description="Summarise a Hydra multirun of emotrain: k-fold cross-validation results, or a ranked table of a "
         "sweep's groups.",

@@ -5,14 +5,17 @@
 - `finite_or_none`: a finite float or None.
 - `json_safe`: plain JSON values from configs, numpy/torch values, enums and paths.
 - `is_better` / `best_index`: the one definition of "better" for a monitored value (min or max).
+- `OneLineArgumentParser`: argparse whose usage errors are one line (exit 2), as every other error.
 """
 
 from __future__ import annotations
 
+import argparse
 import enum
 import errno
 import math
 import os
+import sys
 from collections.abc import Mapping, Sequence
 from typing import Any
 
@@ -88,3 +91,11 @@ def best_index(values: Sequence[float | None], mode: str) -> int | None:
         if v is not None and math.isfinite(v) and (best is None or is_better(v, values[best], mode)):
             best = i
     return best
+
+
+class OneLineArgumentParser(argparse.ArgumentParser):
+    """A bad argument gives `PROG: error: MESSAGE (see PROG --help)` and exit status 2, not the usage text too."""
+
+    def error(self, message: str):
+        print(f"{self.prog}: error: {one_line(message)} (see {self.prog} --help)", file=sys.stderr)
+        sys.exit(2)

@@ -337,6 +337,27 @@ DATA_CASES = [
         ["list_label_single.jsonl line 1", "2 labels", "data.tasks.emotion.multilabel=true"],
     ),
     Case("jsonl_boolean_label", table(f"{D}/bool_label.jsonl"), ["bool_label.jsonl line 1", "holds a boolean"]),
+    # more files that would train silently wrong, or get a misleading diagnosis
+    Case(
+        "identical_texts",
+        table(f"{D}/identical_texts.csv"),
+        ["identical_texts.csv", "training texts are the same text", "data.text_column"],
+    ),
+    Case(
+        "swapped_columns",
+        table(f"{D}/swapped_columns.csv"),
+        ["swapped_columns.csv", "classes occur once, as texts would", "columns swapped?"],
+    ),
+    Case("nul_byte", table(f"{D}/nul_byte.csv"), ["nul_byte.csv line 3", "a NUL character", "binary, corrupted"]),
+    Case("utf32", table(f"{D}/utf32.csv"), ["utf32.csv", "UTF-32 byte-order mark", "data.encoding=utf-32"]),
+    Case("zstd_named_csv", table(f"{D}/zstd_named_csv.csv"), ["zstd_named_csv.csv appears to be zstd-compressed"]),
+    Case("png_named_csv", table(f"{D}/png_named_csv.csv"), ["png_named_csv.csv appears to be a PNG image"]),
+    Case(
+        "jsonl_key_case_variants",
+        table(f"{D}/label_key_case.jsonl"),
+        ["label_key_case.jsonl line 3", "keys 'label' and 'LABEL' differ only in case"],
+    ),
+    Case("symlink_loop", table("{work}/loop_a.csv"), ["loop_a.csv is a symbolic link that leads nowhere", "a loop"]),
     # the data=table config itself
     Case(
         "no_tasks",
@@ -410,7 +431,7 @@ CONFIG_CASES = [
     Case("batch_size_zero", ["trainer.batch_size=0"], ["trainer.batch_size=0", ">= 1"]),
     Case("max_nonfinite_zero", ["trainer.max_nonfinite_steps=0"], ["trainer.max_nonfinite_steps=0", ">= 1"]),
     Case("eval_every_zero", ["trainer.eval_every_steps=0"], ["trainer.eval_every_steps=0"]),
-    Case("negative_lr", ["optim.lr=-1"], ["optim.lr=-1", "> 0"]),
+    Case("negative_lr", ["optim.lr=-1"], ["optim.lr=-1", "(0, 1]"]),
     Case("layer_decay_zero", ["optim.layer_decay=0"], ["optim.layer_decay=0"]),
     Case("warmup_ratio", ["scheduler.warmup_ratio=1.5"], ["scheduler.warmup_ratio=1.5"]),
     Case("label_smoothing", ["loss.label_smoothing=1.0"], ["loss.label_smoothing=1.0"]),
@@ -422,8 +443,8 @@ CONFIG_CASES = [
     Case("task_weights_unknown_task", ["+loss.task_weights.topic=2.0"], ["loss.task_weights", "topic"]),
     Case("max_examples_zero", ["data.max_train_examples=0"], ["data.max_train_examples=0", ">= 1 or null"]),
     # numeric keys that reached torch / numpy / sklearn unchecked, or gave a useless model
-    Case("lr_nan", ["optim.lr=nan"], ["optim.lr=nan", "a finite number > 0"]),
-    Case("lr_inf", ["optim.lr=inf"], ["optim.lr=inf", "a finite number > 0"]),
+    Case("lr_nan", ["optim.lr=nan"], ["optim.lr=nan", "a finite number in (0, 1]"]),
+    Case("lr_inf", ["optim.lr=inf"], ["optim.lr=inf", "a finite number in (0, 1]"]),
     Case("seed_negative", ["seed=-1"], ["seed=-1", "[0, 4294967295]"]),
     Case("seed_beyond_64_bits", ["seed=18446744073709551616"], ["seed=18446744073709551616", "[0, 4294967295]"]),
     Case("split_seed_negative", ["data.split_seed=-1"], ["data.split_seed=-1", "[0, 4294967295]"]),
@@ -431,7 +452,7 @@ CONFIG_CASES = [
     Case("beta_above_one", ["optim.betas=[1.5,0.999]"], ["optim.betas[0]=1.5", "[0, 1)"]),
     Case("one_beta", ["optim.betas=[0.9]"], ["optim.betas", "two numbers"]),
     Case("eps_zero", ["optim.eps=0"], ["optim.eps=0", "> 0"]),
-    Case("head_lr_negative", ["optim.head_lr=-1e-3"], ["optim.head_lr=-0.001", "> 0 or null"]),
+    Case("head_lr_negative", ["optim.head_lr=-1e-3"], ["optim.head_lr=-0.001", "(0, 1] or null"]),
     Case("weight_decay_negative", ["optim.weight_decay=-0.1"], ["optim.weight_decay=-0.1", ">= 0"]),
     Case("threshold_above_one", ["trainer.threshold=2"], ["trainer.threshold=2", "(0, 1) or null"]),
     Case("threshold_floor_one", ["trainer.threshold_floor=1"], ["trainer.threshold_floor=1", "[0, 1)"]),
@@ -449,6 +470,25 @@ CONFIG_CASES = [
     ),
     Case("class_weights_scalar", ["loss.class_weights=2.0"], ["loss.class_weights=2.0", "'balanced' or a list"]),
     Case("task_weight_negative", ["+loss.task_weights.emotion=-1"], ["loss.task_weights.emotion=-1", ">= 0"]),
+    Case(
+        "every_task_weight_zero",
+        [*table(f"{D}/valid_train.csv"), "+loss.task_weights.emotion=0"],
+        ["loss.task_weights", "every task's weight is 0", "nothing trains"],
+    ),
+    Case(
+        "every_class_weight_zero",
+        [*table(f"{D}/valid_train.csv"), "loss.class_weights=[0,0,0]"],
+        ["loss.class_weights", "every weight is 0"],
+    ),
+    Case("lr_huge", ["optim.lr=1e30"], ["optim.lr=1e+30", "(0, 1]"]),
+    Case("epochs_beyond_int", ["trainer.epochs=18446744073709551616"], ["trainer.epochs=", "at most 2147483647"]),
+    Case("threads_beyond_int", ["trainer.num_threads=18446744073709551616"], ["trainer.num_threads=", "2147483647"]),
+    Case(
+        "warmup_beyond_the_run",
+        ["scheduler.warmup_steps=100000"],
+        ["scheduler.warmup_steps=100000", "is not below this run's", "optimiser steps"],
+    ),
+    Case("empty_separator", [*table(f"{D}/valid_train.csv"), "data.sep=''"], ["data.sep='' is empty"]),
     Case(
         "max_length_beyond_positions",
         ["backbone=minilm", "backbone.max_length=100000"],
@@ -484,6 +524,7 @@ VALID_CASES = [
     Case("utf16_with_encoding", table(f"{D}/utf16.csv", "data.encoding=utf-16"), valid=True),
     Case("utf16_without_bom_with_encoding", table(f"{D}/utf16_no_bom.csv", "data.encoding=utf-16-le"), valid=True),
     Case("label_case_variants", table(f"{D}/label_case_variants.csv"), valid=True),
+    Case("label_whitespace_variants", table(f"{D}/label_whitespace_variants.csv"), valid=True),
     Case("one_megabyte_text", table("{work}/long_text.csv"), valid=True),
 ]
 ROWS = {
@@ -495,6 +536,7 @@ ROWS = {
     "one_megabyte_text": 31,
     "utf16_without_bom_with_encoding": 30,
     "label_case_variants": 30,
+    "label_whitespace_variants": 30,
 }
 
 
@@ -634,6 +676,48 @@ def checkpoint_cases() -> list[Case]:
             entry="predict",
             rc=1,
         ),
+        Case(
+            "bundle_multilabel_not_bool",
+            ["--model", f"{D}/bundle_multilabel_not_bool", "--model-type", "onnx", "hello"],
+            ["bundle_multilabel_not_bool/bundle.json", "multilabel 'yes' must be true or false"],
+            entry="predict",
+            rc=1,
+        ),
+        Case(
+            "bundle_max_length_beyond_positions",
+            ["--model", f"{D}/bundle_max_length_beyond", "--model-type", "onnx", "hello"],
+            ["max_length 1000000000 exceeds the model's 512 position embeddings"],
+            entry="predict",
+            rc=1,
+        ),
+        Case(
+            "bundle_thresholds_for_a_single_label_task",
+            ["--model", f"{D}/bundle_thresholds_single_label", "--model-type", "onnx", "hello"],
+            ["thresholds['emotion']", "single-label (argmax decides)"],
+            entry="predict",
+            rc=1,
+        ),
+        Case(
+            "predict_model_file_not_directory",
+            ["--model", f"{w}/loose_bundle/model.onnx", "hello"],
+            ["model.onnx is a file of a bundle; pass its directory"],
+            entry="predict",
+            rc=1,
+        ),
+        Case(
+            "predict_bad_argument",
+            ["--model", f"{D}/bundle_future", "--batch-size", "x", "hello"],
+            ["argument --batch-size: invalid int value: 'x'", "(see emotrain-predict --help)"],
+            entry="predict",
+            rc=2,
+        ),
+        Case(
+            "export_unknown_key",
+            [f"checkpoint={w}/truncated.pt", "outt=x"],
+            ["unknown key 'outt'", "did you mean 'out'?", "(see emotrain-export --help)"],
+            entry="export",
+            rc=2,
+        ),
     ]
     return cases
 
@@ -705,6 +789,10 @@ def prepare(work: Path) -> Path:
     meta["tasks"] = [{"name": "topic", "labels": ["news", "sport"], "multilabel": False}]
     (work / "wrong_tasks_export" / "emotrain_model.json").write_text(json.dumps(meta))
     (work / "a_file").write_text("a regular file where a directory should be\n")
+    (work / "loose_bundle").mkdir()
+    (work / "loose_bundle" / "model.onnx").write_bytes(b"not really a graph")
+    (work / "loop_a.csv").symlink_to(work / "loop_b.csv")  # two links pointing at each other
+    (work / "loop_b.csv").symlink_to(work / "loop_a.csv")
     # a 1 MB text in an otherwise valid table
     body = (CORPUS / "valid_train.csv").read_text(encoding="utf-8")
     words = "so much joy in this very long text " * (1_048_576 // 35 + 1)
@@ -783,6 +871,10 @@ def test_odd_but_valid_inputs_train(corpus_run, case):
         console = outcome.out + outcome.err  # Hydra's console log handler writes to stdout
         warnings = [line for line in console.splitlines() if "differ only in case" in line]
         assert len(warnings) == 1 and "'JOY' -> 'joy'" in warnings[0], console[-2000:]
+    if case.name == "label_whitespace_variants":  # 'joy\t' and 'anger\xa0' read as 'joy' / 'anger', said once
+        console = outcome.out + outcome.err
+        warnings = [line for line in console.splitlines() if "held tabs, other whitespace" in line]
+        assert len(warnings) == 1 and "label_whitespace_variants.csv line 2" in warnings[0], console[-2000:]
 
 
 def test_corpus_is_big_enough_and_fast(corpus_run):

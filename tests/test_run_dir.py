@@ -54,6 +54,18 @@ def test_a_second_run_into_a_used_directory_is_refused_and_leaves_it_untouched(t
     assert (run / "checkpoints" / best["path"]).is_file()
 
 
+def test_a_directory_with_other_files_gets_one_warning(tmp_path):
+    run = tmp_path / "mine"
+    run.mkdir()
+    (run / "notes.txt").write_text("my notes\n")
+    proc = cli([*FULL, f"hydra.run.dir={run}"], tmp_path)
+    assert proc.returncode == 0, proc.stderr[-2000:]
+    console = proc.stdout + proc.stderr
+    warned = [line for line in console.splitlines() if "already holds other files" in line]
+    assert len(warned) == 1 and "(notes.txt)" in warned[0] and str(run) in warned[0]
+    assert (run / "notes.txt").read_text() == "my notes\n" and (run / "metrics.json").is_file()
+
+
 def test_a_directory_in_use_by_another_process_is_refused(tmp_path):
     from emotrain.rundir import claim_run_dir
 
@@ -199,7 +211,7 @@ def test_leftovers_of_a_running_process_are_kept(tmp_path):
 
 
 def test_predict_output_stays_valid_utf8_for_invalid_input_bytes(tmp_path, sample_run_bundle):
-    stdin = b'first line\nbad \xff\xfe bytes\n{"text": "escaped", "id": "\\ud800"}\n'
+    stdin = b'\xef\xbb\xbffirst line\nbad \xff\xfe bytes\n{"text": "escaped", "id": "\\ud800"}\n'  # a BOM first
     proc = subprocess.run(
         [sys.executable, "-m", "emotrain.inference", "--model", str(sample_run_bundle), "--input", "auto"],
         input=stdin,

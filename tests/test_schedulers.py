@@ -94,6 +94,8 @@ def test_scheduler_settings_are_validated():
         lr_curve("linear", 10, [1], warmup_steps=-1)
     with pytest.raises(ConfigError, match="scheduler.num_cycles"):
         lr_curve("cosine_restarts", 10, [1], num_cycles=0)
+    with pytest.raises(ConfigError, match="not below this run's 10 optimiser steps"):  # never out of warm-up
+        lr_curve("linear", 10, [1], warmup_steps=10)
 
 
 @pytest.mark.parametrize("kind", ["linear", "cosine", "constant", "cosine_restarts"])

@@ -8,6 +8,7 @@ from __future__ import annotations
 import dataclasses
 import logging
 import math
+import unicodedata
 from collections.abc import Iterable, Mapping
 from dataclasses import dataclass
 from typing import Any
@@ -127,6 +128,12 @@ class _CellProblem(Exception):
 MISSING_MARKERS = frozenset({"nan", "null", "<na>", "n/a", "#n/a"})
 
 
+def _tidy(token: str) -> str:
+    """A label as typed, tidied: surrounding whitespace (tabs too) removed, Unicode composed (NFC), so 'café' typed
+    with a combining accent and 'café' precomposed are one label."""
+    return unicodedata.normalize("NFC", token.strip())
+
+
 def _scalar_token(v: Any) -> str:
     """One label value as a string (surrounding spaces stripped); '' for an empty cell."""
     if isinstance(v, str):
@@ -134,7 +141,7 @@ def _scalar_token(v: Any) -> str:
             raise _CellProblem(
                 f"holds {v.strip()!r}, a missing-value marker, not a label; fill in the label or remove that row"
             )
-        return v.strip()
+        return _tidy(v)
     if v is None:
         return ""
     if isinstance(v, (bool, np.bool_)):
@@ -152,7 +159,7 @@ def _cell_tokens(v: Any, opts: TaskOptions) -> list[str]:
     if isinstance(v, (list, tuple, np.ndarray)):  # JSONL / Parquet list cells
         tokens = [t for t in (_scalar_token(x) for x in v) if t]
     elif opts.multilabel and isinstance(v, str):
-        tokens = [t for t in (p.strip() for p in v.split(opts.delimiter)) if t]
+        tokens = [t for t in (_tidy(p) for p in v.split(opts.delimiter)) if t]
     else:
         token = _scalar_token(v)
         tokens = [token] if token else []
@@ -186,7 +193,12 @@ def label_tokens(table: RawTable, opts: TaskOptions) -> list[list[str]]:
     """Per row, the label names in a task's column (ids already turned into names)."""
     values = table.column(opts.column, f"label column of task {opts.name!r}, {opts.key}.column")
     out: list[list[str]] = []
+    tidied: list[tuple[int, str]] = []  # cells whose labels tidying changed beyond plain spaces
     for i, v in enumerate(values):
+        if isinstance(v, str):
+            parts = v.split(opts.delimiter) if opts.multilabel else [v]
+            if any(p.strip(" ") and p.strip(" ") != _tidy(p) for p in parts):
+                tidied.append((i, v))
         try:
             tokens = _cell_tokens(v, opts)
             if opts.ids:
@@ -194,6 +206,16 @@ def label_tokens(table: RawTable, opts: TaskOptions) -> list[list[str]]:
         except _CellProblem as problem:
             raise DataError(f"{table.where(i)}: label column {opts.column!r}: {problem}") from None
         out.append(tokens)
+    if tidied:
+        i, v = tidied[0]
+        log.warning(
+            "%s: label column %r: %d label cell(s) held tabs, other whitespace or uncomposed accents around or in "
+            "the label (first: %s); read as the tidied label",
+            table.where(i),
+            opts.column,
+            len(tidied),
+            cell_repr(v),
+        )
     return out
 
 

@@ -118,6 +118,11 @@ def check_learnable(bundle: DataBundle) -> None:
     (multi-class), or every label on in all rows or off in all rows (multi-label)."""
     where = bundle.sources.get("train", "the training split")
     n = len(bundle.train)
+    if n > 1 and len(set(bundle.train.texts)) == 1:
+        raise DataError(
+            f"{where}: all {n} training texts are the same text, so there is nothing to tell apart; check the text "
+            "column (data.text_column) and the file"
+        )
     for task in bundle.tasks:
         y = np.asarray(bundle.train.targets[task.name])
         if task.multilabel:

@@ -75,6 +75,11 @@ def check_file(path: Path, key: str) -> None:
     """DataError unless `path` is an existing file; `key` names the setting that gave it."""
     if path.is_dir():
         raise DataError(f"{path} is a directory, not a file; point {key} at a data file")
+    if path.is_symlink() and not path.exists():
+        raise DataError(
+            f"{path} is a symbolic link that leads nowhere (its target is missing, or the links form a loop); "
+            f"fix the link or point {key} at the file itself"
+        )
     if not path.exists():
         raise DataError(f"{path} does not exist; check {key} (relative paths resolve against the launch directory)")
 
@@ -98,6 +103,13 @@ _MAGIC = (
     (b"\xfd7zXZ\x00", "xz-compressed", "name it .xz so it is decompressed, or unxz it"),
     (b"PK\x03\x04", "a zip archive (or an Excel/ODS workbook)", "unzip it, or save the sheet as CSV"),
     (b"PAR1", "a Parquet file", "set data.format=parquet (or name it .parquet)"),
+    (b"\x28\xb5\x2f\xfd", "zstd-compressed", "decompress it (unzstd) first"),
+    (b"7z\xbc\xaf\x27\x1c", "a 7-Zip archive", "extract it first"),
+    (b"\x89PNG", "a PNG image", "point the setting at the data file"),
+    (b"\xff\xd8\xff", "a JPEG image", "point the setting at the data file"),
+    (b"%PDF-", "a PDF document", "export the table as CSV"),
+    (b"\xd0\xcf\x11\xe0", "an old Office document (.xls/.doc)", "save the sheet as CSV"),
+    (b"SQLite format 3\x00", "an SQLite database", "export the table as CSV"),
 )
 
 
@@ -122,6 +134,11 @@ def _not_text(path: Path, raw: bytes, codec: str) -> str | None:
             return f"{path} appears to be {what}, not a text file; {fix}"
     if codec.startswith("utf-16") or codec.startswith("utf-32"):
         return None
+    if raw.startswith((b"\xff\xfe\x00\x00", b"\x00\x00\xfe\xff")):  # before UTF-16: its BOM starts the same
+        return (
+            f"{path} starts with a UTF-32 byte-order mark, so it is UTF-32 text, not {codec}; "
+            "set data.encoding=utf-32 (or save it as UTF-8)"
+        )
     if raw.startswith((b"\xff\xfe", b"\xfe\xff")):
         return (
             f"{path} starts with a UTF-16 byte-order mark, so it is UTF-16 text, not {codec}; "
@@ -159,7 +176,14 @@ def read_text(path: Path, encoding: str, *, key: str, encoding_hint: str) -> str
             f"{encoding}; "
             f"{encoding_hint}"
         ) from None
-    return text.removeprefix("\ufeff")
+    text = text.removeprefix("\ufeff")
+    nul = text.find("\x00")
+    if nul >= 0:  # never in text: a binary or corrupted file (or one in another encoding)
+        raise DataError(
+            f"{path} line {text.count(chr(10), 0, nul) + 1}: a NUL character (byte 0) in the text; the file looks "
+            f"binary, corrupted or in another encoding than {encoding}; remove it or set data.encoding"
+        )
+    return text
 
 
 # --------------------------------------------------------------------------- raw tables
@@ -312,9 +336,13 @@ class _DuplicateKey(ValueError):
 
 def _unique_keys(pairs: list[tuple[str, Any]]) -> dict:
     out: dict = {}
+    folded: dict[str, str] = {}
     for k, v in pairs:
         if k in out:
             raise _DuplicateKey(k)
+        if isinstance(k, str) and k.casefold() in folded:  # 'label' and 'LABEL': one would be silently ignored
+            raise _DuplicateKey(f"{folded[k.casefold()]}' and '{k}")
+        folded[k.casefold() if isinstance(k, str) else k] = k
         out[k] = v
     return out
 
@@ -331,6 +359,11 @@ def read_jsonl(path: Path, *, encoding: str = "utf-8", key: str = "the data path
         try:
             obj = json.loads(line, object_pairs_hook=_unique_keys)
         except _DuplicateKey as dup:
+            if "' and '" in dup.key:
+                raise DataError(
+                    f"{path} line {lineno}: keys '{dup.key}' differ only in case in one object (one would be "
+                    "ignored); keep one spelling"
+                ) from None
             raise DataError(
                 f"{path} line {lineno}: key {cell_repr(dup.key)} appears twice in one object (JSON keeps only the "
                 "last); keep one"
@@ -407,8 +440,12 @@ def resolve_format(path: Path, fmt: str | None) -> str:
 
 
 def resolve_sep(fmt: str, sep: str | None) -> str:
-    if sep is None or sep == "":
+    if sep is None:
         return _DEFAULT_SEPS.get(fmt, ",")
+    if sep == "":
+        raise DataError(
+            "data.sep='' is empty; leave it unset (null: the format's default) or give one character, e.g. ',' or ';'"
+        )
     sep = {"\\t": "\t", "tab": "\t", "TAB": "\t"}.get(sep, sep)  # as typed on a command line
     if len(sep) != 1:
         raise DataError(f"data.sep={sep!r} must be a single character (e.g. ',', ';', '|' or '\\t')")

@@ -69,6 +69,13 @@ def _check_min_count(
     count, i = min(small)
     label = labels[i] if labels is not None and i < len(labels) else str(i)
     where = f" in {source}" if source else ""
+    present = int(np.count_nonzero(counts))
+    singles = int(np.sum(counts == 1))
+    if present >= 5 and singles >= present / 2:  # labels that look like free text: a column mix-up, not rare classes
+        remedy = (
+            f"{singles} of its {present} classes occur once, as texts would: check that the task's label column is "
+            "not the text column (columns swapped?)"
+        )
     raise DataError(
         f"class {_label_repr(label)} of task {task_name!r} has only {count} example{'s' if count != 1 else ''}{where}; "
         f"{need}; {remedy}"

@@ -32,7 +32,12 @@ class TaskSpec:
             raise ValueError(f"task {d.get('name')!r}: labels must be a non-empty list of strings")
         if len(set(labels)) != len(labels):
             raise ValueError(f"task {d.get('name')!r}: duplicate label names")
-        return cls(name=str(d["name"]), labels=tuple(labels), multilabel=bool(d["multilabel"]))
+        name, multilabel = d["name"], d["multilabel"]
+        if not isinstance(name, str) or not name:
+            raise ValueError(f"task name {name!r} must be a non-empty string")
+        if not isinstance(multilabel, bool):  # "yes" or 1 would silently turn argmax into thresholds
+            raise ValueError(f"task {name!r}: multilabel {multilabel!r} must be true or false")
+        return cls(name=name, labels=tuple(labels), multilabel=multilabel)
 
 
 @dataclass

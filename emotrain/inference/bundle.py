@@ -72,11 +72,17 @@ def normalize_thresholds(
     thresholds = thresholds or {}
     if not isinstance(thresholds, dict):
         raise ValueError(f"{where} must be an object {{task: [per-label thresholds]}}, got {type(thresholds).__name__}")
+    names = {t.name for t in tasks}
+    unknown = [k for k in thresholds if k not in names]
+    if unknown:
+        raise ValueError(f"{where}: {unknown[0]!r} is not a task; tasks are {sorted(names)}")
     out: dict[str, list[float]] = {}
     for t in tasks:
-        if not t.multilabel:
-            continue
         values = thresholds.get(t.name)
+        if not t.multilabel:
+            if values is not None:  # argmax decides; thresholds here are a mix-up (a single-label task, or edited)
+                raise ValueError(f"{where}[{t.name!r}]: {t.name!r} is single-label (argmax decides), so it takes none")
+            continue
         if values is None:
             out[t.name] = [0.5] * t.num_labels
             continue
@@ -169,8 +175,13 @@ def read_bundle(path: str | Path) -> BundleInfo:
             raise ValueError(f"primary_task {primary!r} is not one of the tasks {names}")
         thresholds = normalize_thresholds(tasks, meta.get("thresholds"))
         max_length = meta["max_length"]
-        if not isinstance(max_length, int) or max_length < 2:
+        if isinstance(max_length, bool) or not isinstance(max_length, int) or max_length < 2:
             raise ValueError(f"max_length {max_length!r} must be an integer >= 2")
+        positions = meta.get("max_positions")  # recorded since the export checks it; older bundles lack it
+        if positions is not None and (not isinstance(positions, int) or max_length > positions):
+            raise ValueError(
+                f"max_length {max_length} exceeds the model's {positions!r} position embeddings (max_positions)"
+            )
         tok = meta.get("tokenizer") or {}
         pad_id = tok.get("pad_token_id", 0)
         if not isinstance(pad_id, int) or pad_id < 0:

@@ -23,6 +23,7 @@ from contextlib import contextmanager
 
 from emotrain.console import progress
 from emotrain.errors import TRAINING_PACKAGES, EmotrainError, MissingDependencyError, require_packages
+from emotrain.utils import OneLineArgumentParser
 
 log = logging.getLogger("emotrain.inference.cli")
 
@@ -77,7 +78,7 @@ def _fail(prog: str, message, status: int = 1):
 
 
 def _predict_parser() -> argparse.ArgumentParser:
-    p = argparse.ArgumentParser(
+    p = OneLineArgumentParser(
         prog=PREDICT,
         description="Predict emotions with an exported emotrain bundle. Texts come from the arguments, "
         'or from stdin (one per line: JSON objects with a "text" field - other fields are copied to the '
@@ -150,6 +151,8 @@ def _stdin_records(stream, mode: str) -> Iterator[tuple[dict, str]]:
     source = getattr(stream, "buffer", stream)  # bytes when possible: decoding is ours, so bad bytes are named
     for lineno, raw in enumerate(source, start=1):
         line = _utf8_line(raw, f"stdin line {lineno}").rstrip("\r\n")
+        if lineno == 1:
+            line = line.removeprefix("\ufeff")  # a byte-order mark (Windows editors) is not part of the first text
         if not line.strip():
             continue
         if mode == "jsonl" or (mode == "auto" and line.lstrip().startswith("{")):
@@ -347,8 +350,7 @@ def export_main(argv: list[str] | None = None) -> int:
     try:
         kwargs = parse_export_args(argv)
     except ValueError as e:
-        print(EXPORT_USAGE, file=sys.stderr)
-        _fail(EXPORT, e, 2)
+        _fail(EXPORT, f"{e} (see {EXPORT} --help)", 2)
     try:
         require_packages("exporting a bundle (emotrain-export)", {**TRAINING_PACKAGES, "onnx": "onnx"})
     except MissingDependencyError as e:

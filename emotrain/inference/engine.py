@@ -411,6 +411,11 @@ def load_engine(
         raise BundleError(
             f"model not found: {path}; pass a bundle directory (emotrain-export), a run directory or a checkpoint"
         )
+    if path.is_file() and (path.suffix == ".onnx" or (path.parent / BUNDLE_META).is_file()):
+        raise BundleError(
+            f"{path} is a file of a bundle; pass its directory ({path.parent}), which holds {BUNDLE_META} and the "
+            "tokenizer too"
+        )
     onnx_dir = path
     if path.is_dir() and not (path / BUNDLE_META).is_file() and (path / "bundle" / BUNDLE_META).is_file():
         onnx_dir = path / "bundle"

@@ -53,6 +53,7 @@ from emotrain.inference.bundle import (
 from emotrain.inference.engine import OnnxBackend, TorchBackend, activate
 from emotrain.io import publish_modes, write_json
 from emotrain.model_card import write_model_card
+from emotrain.models.backbones import max_positions
 from emotrain.preprocessing import Preprocessor
 from emotrain.results import METRICS_FILE
 from emotrain.utils import one_line
@@ -631,6 +632,7 @@ def _bundle_meta(
         "thresholds_source": src.thresholds_source,
         "preprocess": Preprocessor.from_dict(src.meta.get("preprocess") or {}).to_dict(),
         "max_length": src.max_length,
+        "max_positions": max_positions(src.model.encoder.config),  # the longest input the graph can take
         "pooling": src.meta.get("pooling"),
         "tokenizer": {
             "file": TOKENIZER_FILE,

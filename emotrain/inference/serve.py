@@ -23,7 +23,6 @@ Imports neither torch nor transformers: serving needs only the `inference` extra
 
 from __future__ import annotations
 
-import argparse
 import asyncio
 import concurrent.futures
 import contextlib
@@ -36,7 +35,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from emotrain.utils import one_line
+from emotrain.utils import OneLineArgumentParser, one_line
 
 log = logging.getLogger("emotrain.serve")
 PROG = "emotrain-serve"
@@ -523,7 +522,7 @@ def describe_engine(engine) -> list[str]:
 
 
 def parse_args(argv: list[str] | None = None) -> Settings:
-    ap = argparse.ArgumentParser(
+    ap = OneLineArgumentParser(
         prog=PROG,
         description="Serve an emotrain ONNX bundle over HTTP: POST /predict, GET /health, /metadata, /metrics.",
     )

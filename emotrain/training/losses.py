@@ -96,6 +96,8 @@ def _check_weights(key: str, value, *, scalar_ok: bool, per_task: bool = True) -
         raise ConfigError(f"{key}={value!r}: expected a list of numbers >= 0") from None
     for i, w in enumerate(items):
         check_range(f"{key}[{i}]", w, ge=0)
+    if items and not any(items):
+        raise ConfigError(f"{key}: every weight is 0, so nothing would train; give at least one weight > 0")
 
 
 def validate_loss_config(loss_cfg) -> None:
@@ -227,6 +229,11 @@ class MultiTaskLoss(nn.Module):
                     f"give one list per task, e.g. 'loss.{key}={{{tasks[0].name}: [...]}}'"
                 )
         self.fixed_weights = {t.name: float(loss_cfg.task_weights.get(t.name, 1.0)) for t in tasks}
+        if weighting == "fixed" and not any(self.fixed_weights.values()):
+            raise ConfigError(
+                f"loss.task_weights: every task's weight is 0 ({', '.join(self.fixed_weights)}), so the loss is 0 and "
+                "nothing trains; give at least one task a weight > 0"
+            )
         self.per_task = nn.ModuleDict(
             {
                 t.name: TaskLoss(

@@ -30,8 +30,9 @@ def _layer_id(name: str, num_layers: int) -> int:
 def validate_optim_config(optim_cfg) -> None:
     if optim_cfg.name != "adamw":
         raise ConfigError(f"optim.name={optim_cfg.name}: only adamw is available")
-    check_range("optim.lr", optim_cfg.lr, gt=0)
-    check_range("optim.head_lr", optim_cfg.head_lr, gt=0, optional=True)
+    # Above 1 an AdamW step moves weights by more than their scale: the run diverges or learns nothing.
+    check_range("optim.lr", optim_cfg.lr, gt=0, le=1)
+    check_range("optim.head_lr", optim_cfg.head_lr, gt=0, le=1, optional=True)
     check_range("optim.weight_decay", optim_cfg.weight_decay, ge=0)
     check_range("optim.eps", optim_cfg.eps, gt=0)
     check_range("optim.layer_decay", optim_cfg.layer_decay, gt=0, le=1)

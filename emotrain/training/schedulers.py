@@ -26,6 +26,12 @@ def warmup_steps(sched_cfg, total_steps: int) -> int:
     if sched_cfg.warmup_steps is not None:
         if sched_cfg.warmup_steps < 0:
             raise ConfigError(f"scheduler.warmup_steps={sched_cfg.warmup_steps}: must be >= 0")
+        if sched_cfg.warmup_steps > 0 and sched_cfg.warmup_steps >= total_steps:
+            raise ConfigError(
+                f"scheduler.warmup_steps={sched_cfg.warmup_steps} is not below this run's {total_steps} optimiser "
+                "steps, "
+                "so the learning rate would never reach optim.lr; lower it or use scheduler.warmup_ratio"
+            )
         return int(sched_cfg.warmup_steps)
     if not 0.0 <= sched_cfg.warmup_ratio < 1.0:
         raise ConfigError(f"scheduler.warmup_ratio={sched_cfg.warmup_ratio}: must be in [0, 1)")
