@@ -592,13 +592,15 @@ def generate_training_report(
         train_metrics, val_metrics, out / "metrics_curves.png", f"{prefix}: metrics per epoch ({split})", best
     )
 
+    multilabel = {t["name"] for t in (run or {}).get("tasks") or [] if t.get("multilabel")}
     for task, table in (per_class or {}).items():
         if table:
+            how = ", at its per-label thresholds" if task in multilabel else ""
             files[f"per_class_f1_{task}"] = plot_per_class_f1(
                 task,
                 table,
                 out / f"per_class_f1_{task}.png",
-                f"{prefix}: per-class F1 - {task} (test split, kept model)",
+                f"{prefix}: per-class F1 - {task} (test split, kept model{how})",
             )
     confusion_json = {}
     for task, spec in (confusion or {}).items():
