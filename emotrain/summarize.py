@@ -327,7 +327,9 @@ def build_parser() -> argparse.ArgumentParser:
     p = OneLineArgumentParser(
         prog="emotrain-summarize",
         description="Summarise a Hydra multirun of emotrain: k-fold cross-validation results, or a ranked table of a "
-        "sweep's groups.",
+        "sweep's groups, each job's values taken at the evaluation it kept. Prints the summary and writes "
+        "summary.json, summary.csv, summary.png and summary.html (one self-contained page) into SWEEP_DIR, "
+        "replacing the previous ones.",
         epilog="Exit status: 0 every job completed, 1 some jobs failed or are missing (summarised without them), 2 "
         "usage error.",
     )
