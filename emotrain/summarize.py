@@ -282,7 +282,7 @@ def _kfold_stats_rows(data: dict) -> list[list]:
                     f"[{_fmt(st.get('ci95_low'))}, {_fmt(st.get('ci95_high'))}]",
                     finite_or_none(st.get("min")),
                     finite_or_none(st.get("max")),
-                    (entry.get("best_fold") or {}).get("fold") if split == "best_val" else None,
+                    (entry.get("best_fold") or {}).get("fold") if split == "best_val" else "",
                 ]
             )
     return rows
