@@ -766,10 +766,11 @@ class TrainingRecipe:
             else f"step {state.global_step} (epoch {state.epoch + 1})"
         )
         # The monitored value is repeated only when it is not the val loss already on the line.
-        best = f"best {state.best_value:.4f} @ epoch {state.best_epoch}"
-        monitored = (
-            f" | best val loss: {best[5:]}" if self.monitor == "loss" else f" | val {self.monitor} {value:.4f} ({best})"
-        )
+        best = f"{state.best_value:.4f} @ epoch {state.best_epoch}"
+        if self.monitor == "loss":
+            monitored = f" | best val loss: {best}"
+        else:
+            monitored = f" | val {self.monitor} {value:.4f} (best {best})"
         log.info(
             "%s: train loss %.4f | val loss %.4f, macro-F1 %.4f%s%s%s",
             where,

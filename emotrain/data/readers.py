@@ -329,9 +329,11 @@ def _width_message(path, start, end, width, found, sep, quoting, header, layout)
 
 
 class _DuplicateKey(ValueError):
-    def __init__(self, key: str):
+    """A key twice in one JSON object, or (`first` set) two keys that differ only in case."""
+
+    def __init__(self, key: str, first: str | None = None):
         super().__init__(key)
-        self.key = key
+        self.key, self.first = key, first
 
 
 def _unique_keys(pairs: list[tuple[str, Any]]) -> dict:
@@ -341,7 +343,7 @@ def _unique_keys(pairs: list[tuple[str, Any]]) -> dict:
         if k in out:
             raise _DuplicateKey(k)
         if isinstance(k, str) and k.casefold() in folded:  # 'label' and 'LABEL': one would be silently ignored
-            raise _DuplicateKey(f"{folded[k.casefold()]}' and '{k}")
+            raise _DuplicateKey(k, first=folded[k.casefold()])
         folded[k.casefold() if isinstance(k, str) else k] = k
         out[k] = v
     return out
@@ -359,10 +361,10 @@ def read_jsonl(path: Path, *, encoding: str = "utf-8", key: str = "the data path
         try:
             obj = json.loads(line, object_pairs_hook=_unique_keys)
         except _DuplicateKey as dup:
-            if "' and '" in dup.key:
+            if dup.first is not None:
                 raise DataError(
-                    f"{path} line {lineno}: keys '{dup.key}' differ only in case in one object (one would be "
-                    "ignored); keep one spelling"
+                    f"{path} line {lineno}: keys {cell_repr(dup.first)} and {cell_repr(dup.key)} differ only in case "
+                    "in one object (one would be ignored); keep one spelling"
                 ) from None
             raise DataError(
                 f"{path} line {lineno}: key {cell_repr(dup.key)} appears twice in one object (JSON keeps only the "
