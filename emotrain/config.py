@@ -295,7 +295,7 @@ class LossConfig:
 @dataclass
 class FocalLossConfig(LossConfig):
     kind: LossKind = LossKind.focal
-    gamma: float = 2.0
+    gamma: float = 2.0  # [0, 10]
     alpha: Any = None  # null, a scalar, or a per-class list (per task: {task: list})
 
 
@@ -324,9 +324,9 @@ class OptimConfig:
     name: str = "adamw"
     lr: float = 1e-4
     head_lr: Optional[float] = None  # defaults to lr
-    weight_decay: float = 0.01
+    weight_decay: float = 0.01  # [0, 1]
     betas: List[float] = field(default_factory=lambda: [0.9, 0.999])
-    eps: float = 1e-8
+    eps: float = 1e-8  # (0, 1]
     fused: bool = True  # torch's fused AdamW kernel where the device supports it
     layer_decay: float = 1.0  # layer-wise lr decay; 1.0 = off
 

@@ -451,9 +451,9 @@ CONFIG_CASES = [
     Case("cv_seed_negative", ["cv=kfold", "cv.seed=-1"], ["cv.seed=-1", "[0, 4294967295]"]),
     Case("beta_above_one", ["optim.betas=[1.5,0.999]"], ["optim.betas[0]=1.5", "[0, 1)"]),
     Case("one_beta", ["optim.betas=[0.9]"], ["optim.betas", "two numbers"]),
-    Case("eps_zero", ["optim.eps=0"], ["optim.eps=0", "> 0"]),
+    Case("eps_zero", ["optim.eps=0"], ["optim.eps=0", "(0, 1]"]),
     Case("head_lr_negative", ["optim.head_lr=-1e-3"], ["optim.head_lr=-0.001", "(0, 1] or null"]),
-    Case("weight_decay_negative", ["optim.weight_decay=-0.1"], ["optim.weight_decay=-0.1", ">= 0"]),
+    Case("weight_decay_negative", ["optim.weight_decay=-0.1"], ["optim.weight_decay=-0.1", "[0, 1]"]),
     Case("threshold_above_one", ["trainer.threshold=2"], ["trainer.threshold=2", "(0, 1) or null"]),
     Case("threshold_floor_one", ["trainer.threshold_floor=1"], ["trainer.threshold_floor=1", "[0, 1)"]),
     Case("max_grad_norm_nan", ["trainer.max_grad_norm=nan"], ["trainer.max_grad_norm=nan", "finite"]),
@@ -461,7 +461,7 @@ CONFIG_CASES = [
         "min_delta_negative", ["trainer.early_stopping.min_delta=-1"], ["trainer.early_stopping.min_delta=-1", ">= 0"]
     ),
     Case("warmup_steps_negative", ["scheduler.warmup_steps=-1"], ["scheduler.warmup_steps=-1", ">= 0"]),
-    Case("focal_gamma_negative", ["loss=focal", "loss.gamma=-1"], ["loss.gamma=-1", ">= 0"]),
+    Case("focal_gamma_negative", ["loss=focal", "loss.gamma=-1"], ["loss.gamma=-1", "[0, 10]"]),
     Case("focal_alpha_nan", ["loss=focal", "loss.alpha=nan"], ["loss.alpha=nan", "finite"]),
     Case(
         "class_weight_nan",
@@ -481,6 +481,9 @@ CONFIG_CASES = [
         ["loss.class_weights", "every weight is 0"],
     ),
     Case("lr_huge", ["optim.lr=1e30"], ["optim.lr=1e+30", "(0, 1]"]),
+    Case("weight_decay_huge", ["optim.weight_decay=1e308"], ["optim.weight_decay=1e+308", "[0, 1]"]),
+    Case("eps_huge", ["optim.eps=1e308"], ["optim.eps=1e+308", "(0, 1]"]),
+    Case("focal_gamma_huge", ["loss=focal", "loss.gamma=1e308"], ["loss.gamma=1e+308", "[0, 10]"]),
     Case("epochs_beyond_int", ["trainer.epochs=18446744073709551616"], ["trainer.epochs=", "at most 2147483647"]),
     Case("threads_beyond_int", ["trainer.num_threads=18446744073709551616"], ["trainer.num_threads=", "2147483647"]),
     Case(

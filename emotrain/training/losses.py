@@ -107,7 +107,7 @@ def validate_loss_config(loss_cfg) -> None:
         check_range(f"loss.task_weights.{task}", weight, ge=0)
     _check_weights("loss.class_weights", loss_cfg.class_weights, scalar_ok=False)
     if choice(loss_cfg.kind) == "focal":
-        check_range("loss.gamma", loss_cfg.gamma, ge=0)
+        check_range("loss.gamma", loss_cfg.gamma, ge=0, le=10)  # the focal paper uses 0-5; far above overflows
         _check_weights("loss.alpha", loss_cfg.alpha, scalar_ok=True)
 
 

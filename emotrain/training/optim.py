@@ -33,8 +33,10 @@ def validate_optim_config(optim_cfg) -> None:
     # Above 1 an AdamW step moves weights by more than their scale: the run diverges or learns nothing.
     check_range("optim.lr", optim_cfg.lr, gt=0, le=1)
     check_range("optim.head_lr", optim_cfg.head_lr, gt=0, le=1, optional=True)
-    check_range("optim.weight_decay", optim_cfg.weight_decay, ge=0)
-    check_range("optim.eps", optim_cfg.eps, gt=0)
+    # AdamW decays by lr * weight_decay per step, and eps divides every step: far above 1 either one stalls or
+    # wrecks training (exit 0 with an untrained model, or a "diverged" pointing at the wrong key).
+    check_range("optim.weight_decay", optim_cfg.weight_decay, ge=0, le=1)
+    check_range("optim.eps", optim_cfg.eps, gt=0, le=1)
     check_range("optim.layer_decay", optim_cfg.layer_decay, gt=0, le=1)
     betas = list(optim_cfg.betas)
     if len(betas) != 2:
