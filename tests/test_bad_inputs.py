@@ -357,6 +357,11 @@ DATA_CASES = [
         table(f"{D}/label_key_case.jsonl"),
         ["label_key_case.jsonl line 3", "keys 'label' and 'LABEL' differ only in case"],
     ),
+    Case(
+        "validation_file_is_the_training_file",
+        table(f"{D}/valid_train.csv", f"data.val_file={D}/valid_train.csv"),
+        ["data.val_file and data.train_file are the same file", "memorisation"],
+    ),
     Case("symlink_loop", table("{work}/loop_a.csv"), ["loop_a.csv is a symbolic link that leads nowhere", "a loop"]),
     # the data=table config itself
     Case(

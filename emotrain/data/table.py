@@ -35,6 +35,12 @@ def load_table(cfg: Any, root_dir: Path) -> DataBundle:
 
     files = {"train": cfg.train_file, "val": cfg.get("val_file"), "test": cfg.get("test_file")}
     paths = {split: resolve_path(f, root_dir) for split, f in files.items() if f not in (None, "")}
+    for held in ("val", "test"):  # scoring on the training file would report memorised answers as skill
+        if held in paths and paths[held].exists() and paths["train"].exists() and paths[held].samefile(paths["train"]):
+            raise DataError(
+                f"data.{held}_file and data.train_file are the same file ({paths[held]}): its scores would measure "
+                f"memorisation; give a separate file, or leave data.{held}_file unset to hold out data.{held}_fraction"
+            )
     tables = {
         split: read_table(
             path,
