@@ -159,7 +159,10 @@ def progress(
         except ImportError:  # an inference-only install has no tqdm: lines instead
             pass
         else:
-            return tqdm(iterable, desc=desc, total=total, initial=initial, unit=unit, leave=leave, dynamic_ncols=True)
+            # " texts": tqdm glues the unit to the count ("1024texts") when the total is unknown
+            return tqdm(
+                iterable, desc=desc, total=total, initial=initial, unit=f" {unit}", leave=leave, dynamic_ncols=True
+            )
     return LineProgress(iterable, desc, total, initial, unit, logger or log)
 
 

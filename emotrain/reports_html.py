@@ -250,6 +250,19 @@ def _config_section(report: Mapping, run: Mapping | None) -> str:
     return out
 
 
+def _training_facts(run: Mapping) -> str:
+    """One line of how the model was trained: data sizes, steps, time, device, precision, seed."""
+    sizes = run.get("data_sizes") or {}
+    precision = run.get("precision") or {}
+    facts = [
+        f"data: train {sizes.get('train')}, val {sizes.get('val')}, test {sizes.get('test')}",
+        f"{run.get('epochs_run')} epochs, {run.get('global_steps')} optimiser steps in {run.get('wall_time_s')} s",
+        f"device {run.get('device')}, precision {precision.get('effective')} (requested {precision.get('requested')})",
+        f"seed {run.get('seed')}" + (", deterministic" if run.get("deterministic") else ""),
+    ]
+    return f"<p class=muted>Trained on {esc('; '.join(facts))}.</p>"
+
+
 def run_report_html(report: Mapping, summary_text: str, report_dir: Path, *, run: Mapping | None = None) -> str:
     """report/report.html of one run: the answer, the plots, the tables, the configuration (collapsed)."""
     from emotrain.reports import describe_best
@@ -272,6 +285,7 @@ def run_report_html(report: Mapping, summary_text: str, report_dir: Path, *, run
         f"of {esc(report.get('epochs'))} epochs.</p>"
     )
     answer += _test_section(run) if run else "<p>Test results: not given to the report.</p>"
+    answer += _training_facts(run) if run else ""
     answer += "</div>"
     plots = "".join(
         image(report_dir / files[key], key.replace("_", " "))

@@ -125,6 +125,8 @@ def test_report_html_is_self_contained_and_matches_metrics(monitored_run):
     assert f1 == sorted(f1, reverse=True)  # ordered by F1, best first
     html = (run / "report" / "report.html").read_text()
     assert "<details><summary>" in html and "keys</summary>" in html  # the configuration, collapsed
+    sizes = metrics["data_sizes"]
+    assert f"Trained on data: train {sizes['train']}, val {sizes['val']}, test {sizes['test']}; 10 epochs" in html
 
 
 def test_multilabel_numbers_say_at_which_thresholds(goemotions_slice, tmp_path, monkeypatch):
