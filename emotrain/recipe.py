@@ -36,7 +36,7 @@ from emotrain.console import FILE_ONLY, final_lines, progress
 from emotrain.data.cv import apply_cv, kfold_split, validate_cv_config
 from emotrain.data.loading import load_data, validate_data_config
 from emotrain.data.types import DataBundle, Split
-from emotrain.errors import TrainingDiverged, TrainingInterrupted
+from emotrain.errors import ConfigError, TrainingDiverged, TrainingInterrupted
 from emotrain.inference.predictions import PREDICTIONS_FILE, error_analysis, test_records, write_records
 from emotrain.io import write_json
 from emotrain.model_card import write_model_card
@@ -59,7 +59,7 @@ from emotrain.reproducibility import (
     set_seed,
 )
 from emotrain.results import RunResult
-from emotrain.rundir import remove_stale_temporaries
+from emotrain.rundir import remove_stale_temporaries, validate_paths_config
 from emotrain.tracking import NullTracker, make_tracker
 from emotrain.training.batching import EncodedSplit, encode_texts, make_loader
 from emotrain.training.caches import FeatureCache, TokenCache, content_key, encoder_fingerprint, frozen_features
@@ -104,6 +104,7 @@ def validate_config(cfg: DictConfig) -> None:
     """Every group checked by the module that owns it, before any data is read or model built."""
     check_config_keys(cfg)
     check_seed("seed", cfg.seed)
+    validate_paths_config(cfg.paths)
     validate_data_config(cfg.data)
     validate_backbone_config(cfg.backbone)
     validate_freeze_config(cfg.freeze)
@@ -130,7 +131,6 @@ def monitor_keys(bundle: DataBundle, policy: ThresholdPolicy | None = None) -> l
 
 
 def check_monitor(monitor: str, bundle: DataBundle, policy: ThresholdPolicy) -> None:
-    from emotrain.errors import ConfigError
 
     keys = monitor_keys(bundle, policy)
     if monitor not in keys:
@@ -298,6 +298,12 @@ class TrainingRecipe:
             extra=FILE_ONLY,
         )
         self.tokenizer = load_tokenizer(self.cfg.backbone, self.root_dir)
+        special = self.tokenizer.num_special_tokens_to_add(pair=False)
+        if self.cfg.backbone.max_length <= special:  # the model would see only [CLS] [SEP]: no text at all
+            raise ConfigError(
+                f"backbone.max_length={self.cfg.backbone.max_length}: the backbone adds {special} special tokens, so "
+                f"no text would remain; use at least {special + 1} (typically 64-512)"
+            )
         self.pad_id = self.tokenizer.pad_token_id if self.tokenizer.pad_token_id is not None else 0
         token_cache = TokenCache(self.cfg.paths.cache_dir if self.cfg.trainer.token_cache else None)
         started = time.perf_counter()

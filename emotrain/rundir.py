@@ -74,6 +74,15 @@ def is_resuming(run_dir: Path, resume: str | None, root_dir: Path) -> bool:
     return target == run_dir or run_dir in target.parents
 
 
+def validate_paths_config(paths_cfg) -> None:
+    """paths.* before any work: an empty path would put the run's files in the launch directory, outside the run
+    directory this module claims and locks."""
+    for key in ("root_dir", "output_dir", "cache_dir"):
+        value = getattr(paths_cfg, key)  # attribute access: a failing interpolation names its full key
+        if value is None or not str(value).strip():
+            raise ConfigError(f"paths.{key} is empty; leave it at its default or give a directory")
+
+
 def _own(name: str) -> bool:
     """Files a run (or a failed earlier attempt, or Hydra) leaves in its directory."""
     return name in (LOCK_FILE, ".hydra", "status.json", *RESULTS) or name.endswith((".log", ".tmp"))

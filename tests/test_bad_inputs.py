@@ -496,6 +496,12 @@ CONFIG_CASES = [
         ["scheduler.warmup_steps=100000"],
         ["scheduler.warmup_steps=100000", "is not below this run's", "optimiser steps"],
     ),
+    Case("empty_output_dir", ["paths.output_dir="], ["paths.output_dir is empty"]),
+    Case(
+        "max_length_only_special_tokens",
+        ["backbone.max_length=2"],
+        ["backbone.max_length=2", "adds 2 special tokens", "no text would remain"],
+    ),
     Case("empty_separator", [*table(f"{D}/valid_train.csv"), "data.sep=''"], ["data.sep='' is empty"]),
     Case(
         "max_length_beyond_positions",
