@@ -278,7 +278,7 @@ def _kfold_stats_rows(data: dict) -> list[list]:
                     metric,
                     label,
                     st["n"],
-                    f"{_fmt(st.get('mean'))} ± {_fmt(st.get('std'))}",
+                    _pm(st),
                     f"[{_fmt(st.get('ci95_low'))}, {_fmt(st.get('ci95_high'))}]",
                     finite_or_none(st.get("min")),
                     finite_or_none(st.get("max")),
