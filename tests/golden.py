@@ -6,11 +6,17 @@ and an exported bundle's predictions must not change when the code is reorganise
 
 Every run is deterministic=true, fp32, one thread, the tiny backbone; the GoEmotions case needs
 ../shared/data/goemotions (EMOTRAIN_GOEMOTIONS_DIR) and is skipped without it.
+
+The record is compared with `differences`: everything discrete exactly (keys, lengths, types, labels, decisions,
+epochs, counts, statuses), floats within a relative tolerance, because another CPU's kernels (AVX2, AVX-512, AMX)
+round fp32 sums differently (measured against the Zen 4 record: at most 2.7e-7 relative on a Xeon with AMX,
+4.7e-7 on a Zen 3; no discrete value differed).
 """
 
 from __future__ import annotations
 
 import json
+import math
 import os
 import socket
 import subprocess
@@ -51,6 +57,10 @@ VOLATILE = {
     "format",
     "format_version",
 }  # the last two: metadata of the versioned RunResult, added by the redesign
+# Floats: relative tolerance 1e-5 (20x the largest cross-CPU difference measured), and an absolute floor for values
+# near zero, where a relative bound is meaningless (a probability of 3e-9 may come out as 3.1e-9 elsewhere).
+REL_TOL = 1e-5
+ABS_TOL = 1e-9
 BUNDLE_TEXTS = ["I am so happy for you!", "This is awful and I hate it.", "What?! I did not expect that.", "meh", ""]
 
 
@@ -63,6 +73,52 @@ def normalise(metrics: dict) -> dict:
     config["data"] = {k: v for k, v in (config.get("data") or {}).items() if k != "dir"}  # a temporary copy's path
     out["config"] = config
     return json.loads(json.dumps(out))
+
+
+def differences(now, golden, path: str = "", *, rel_tol: float = REL_TOL, abs_tol: float = ABS_TOL) -> list[str]:
+    """Every place where `now` differs from `golden`, one line each naming its path ('[]' if they agree).
+
+    Dict keys, list lengths, types, strings, booleans, integers and None must match exactly; two floats match when
+    within `rel_tol` of the larger magnitude or within `abs_tol`. A non-finite float matches only itself.
+    """
+    where = path or "(root)"
+    if type(now) is not type(golden):
+        return [
+            f"{where}: {type(golden).__name__} {_short(golden)} in the record, {type(now).__name__} {_short(now)} now"
+        ]
+    if isinstance(golden, dict):
+        out = [f"{path}/{k}: missing now (recorded: {_short(golden[k])})" for k in golden if k not in now]
+        out += [f"{path}/{k}: not in the record (now: {_short(now[k])})" for k in now if k not in golden]
+        for k in golden:
+            if k in now:
+                out += differences(now[k], golden[k], f"{path}/{k}", rel_tol=rel_tol, abs_tol=abs_tol)
+        return out
+    if isinstance(golden, list):
+        if len(now) != len(golden):
+            return [f"{where}: {len(golden)} items in the record, {len(now)} now"]
+        out = []
+        for i, (a, b) in enumerate(zip(now, golden)):
+            out += differences(a, b, f"{path}[{i}]", rel_tol=rel_tol, abs_tol=abs_tol)
+        return out
+    if isinstance(golden, float):
+        if math.isnan(golden) and math.isnan(now):
+            return []
+        if now == golden or (math.isfinite(now) and math.isclose(now, golden, rel_tol=rel_tol, abs_tol=abs_tol)):
+            return []
+        rel = (
+            abs(now - golden) / max(abs(now), abs(golden)) if math.isfinite(now) and math.isfinite(golden) else math.inf
+        )
+        return [
+            f"{where}: {golden!r} in the record, {now!r} now (relative difference {rel:.2g}, tolerance {rel_tol:g})"
+        ]
+    if now != golden:
+        return [f"{where}: {golden!r} in the record, {now!r} now"]
+    return []
+
+
+def _short(value) -> str:
+    text = json.dumps(value)
+    return text if len(text) <= 60 else text[:57] + "..."
 
 
 def _free_port() -> int:

@@ -237,8 +237,20 @@ def arriving_request(port: int) -> socket.socket:
     waits (up to --max-wait-ms) for it."""
     sock = socket.create_connection(("127.0.0.1", port))
     sock.sendall(b"POST /predict HTTP/1.1\r\nHost: x\r\nContent-Type: application/json\r\nContent-Length: 40\r\n\r\n{")
-    time.sleep(0.3)  # the server has read the headers and is waiting for the body
+    wait_for_requests_in_flight(port, 1)  # the server has read the headers and is waiting for the body
     return sock
+
+
+def wait_for_requests_in_flight(port: int, n: int, timeout: float = 30.0) -> None:
+    """Poll /metrics until `n` requests besides the poll itself are in flight. The event loop runs a request until
+    it waits for I/O, so a request counted here is already waiting for its body or its batch; a fixed sleep instead
+    would be too short on a slow or busy machine."""
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        if _metric(call(port, "GET", "/metrics")[1], "emotrain_requests_in_flight") >= n + 1:
+            return
+        time.sleep(0.02)
+    raise AssertionError(f"{n} request(s) were not in flight within {timeout} s")
 
 
 def test_a_lone_request_does_not_wait_for_a_batch(bundle, tmp_path):
@@ -268,7 +280,7 @@ def test_graceful_shutdown_finishes_requests_in_flight(bundle, tmp_path):
 
     thread = threading.Thread(target=slow)
     thread.start()
-    time.sleep(0.5)
+    wait_for_requests_in_flight(server.port, 2)  # the half-sent request and the one SIGTERM must let finish
     server.proc.send_signal(signal.SIGTERM)
     thread.join(30)
     sock.close()  # the half-sent request's client gives up

@@ -59,6 +59,12 @@ __all__ = ["DEFAULT_MAX_CHARS", "EmotionInferenceEngine", "load_engine"]
 # --------------------------------------------------------------------------- backends
 
 
+# int8 graphs: a CPU without VNNI (an AVX2-only Zen 3, for one) multiplies u8 x s8 in 16-bit pairs that saturate,
+# and decisions drift from fp32's (BENCHMARKS.md, "int8 on CPUs without VNNI"); this makes onnxruntime use u8 x u8
+# there. No effect on CPUs with VNNI or AMX, nor on fp32 graphs.
+SESSION_CONFIG = {"session.x64quantprecision": "1"}
+
+
 class OnnxBackend:
     """onnxruntime session over a bundle's model.onnx / model.int8.onnx."""
 
@@ -73,6 +79,8 @@ class OnnxBackend:
         so = ort.SessionOptions()
         so.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_ALL
         so.log_severity_level = 3  # errors only
+        for key, value in SESSION_CONFIG.items():
+            so.add_session_config_entry(key, value)
         if num_threads:
             so.intra_op_num_threads = int(num_threads)
             so.inter_op_num_threads = 1
